@@ -1,0 +1,4 @@
+//! One module per command; `main.rs` only dispatches.
+
+pub mod cache;
+pub mod lock;

@@ -1,0 +1,130 @@
+//! Every command and flag, in one place.
+
+use camino::Utf8PathBuf;
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::MessageFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Content-addressed builds of Unikraft unikernels", version)]
+pub struct Flags {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct Global {
+    /// Fail if kraft.lock is missing or would change (default under CI=true).
+    #[arg(long, global = true)]
+    pub locked: bool,
+    /// `--locked` plus `--offline`.
+    #[arg(long, global = true)]
+    pub frozen: bool,
+    /// Use only the store and local mirrors; never the network.
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// The content-addressed store [default: $KRAFT_STORE, else $XDG_CACHE_HOME/kraft-xtask].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<Utf8PathBuf>,
+    /// Read this Kraftfile instead of looking one up in the app directory.
+    #[arg(short = 'K', long, global = true, value_name = "FILE")]
+    pub kraftfile: Option<Utf8PathBuf>,
+    /// `human` (plain lines) or `json` (one object per event).
+    #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
+    pub message_format: MessageFormat,
+    /// Parallel jobs [default: number of cores].
+    #[arg(short = 'j', long, global = true)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve the app's components and write kraft.lock.
+    Lock(AppArgs),
+    /// Move components to the newest commit their version names.
+    Update(UpdateArgs),
+    /// Build the app's image for each target.
+    Build(BuildArgs),
+    /// Build, then boot the image in QEMU.
+    Run(RunArgs),
+    /// Print the build graph.
+    Graph(GraphArgs),
+    /// Say why each action of the last build ran.
+    Explain(ExplainArgs),
+    /// Inspect and maintain the store.
+    Cache(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// App name (under the workspace's apps directory) or a directory holding a Kraftfile.
+    pub app: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub app: String,
+    /// Only these components; the others stay byte-identical in the lock.
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    pub app: String,
+    /// Only this target (`qemu/x86_64`); default: every target.
+    #[arg(short, long)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub app: String,
+    #[arg(short, long)]
+    pub target: Option<String>,
+    /// Memory for the guest, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub memory: u32,
+    /// Stop QEMU after this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    pub app: String,
+    #[arg(short, long)]
+    pub target: Option<String>,
+    #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+    pub format: GraphFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GraphFormat {
+    Text,
+    Dot,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    pub app: String,
+    /// An action name (`libgreet/src/a/hello.o`) or a unit (`libgreet/src/a`).
+    pub what: Option<String>,
+    #[arg(short, long)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Sizes and counts of what the store holds.
+    Stats,
+    /// Rehash the store; report and remove corrupt entries.
+    Verify,
+}
