@@ -245,7 +245,7 @@ struct Shared<'a> {
 
 enum Done {
     Fresh,
-    Finished { record: ActionRecord, outcome: Outcome, reason: DirtyReason, stdout: String, stderr: String },
+    Finished { record: Box<ActionRecord>, outcome: Outcome, reason: DirtyReason, stdout: String, stderr: String },
 }
 
 struct Failure {
@@ -340,7 +340,7 @@ impl Shared<'_> {
                 outputs.push(OutputRecord { path: r.path, hash: r.hash, mode: r.mode });
             }
             fp.discovered = discovered;
-            let record = ActionRecord { key: fp.key(), fingerprint: fp, outputs };
+            let record = Box::new(ActionRecord { key: fp.key(), fingerprint: fp, outputs });
             return Ok(Done::Finished {
                 record,
                 outcome: Outcome::Restored,
@@ -406,7 +406,7 @@ impl Shared<'_> {
         }
         let key = fp.key();
         self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr)?;
-        let record = ActionRecord { key, fingerprint: fp, outputs };
+        let record = Box::new(ActionRecord { key, fingerprint: fp, outputs });
         Ok(Done::Finished { record, outcome: Outcome::Ran, reason, stdout, stderr })
     }
 
@@ -627,7 +627,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
                         reason,
                         duration_ms: duration.as_millis() as u64,
                     });
-                    records.insert(action.name.clone(), record);
+                    records.insert(action.name.clone(), *record);
                 }
                 Err(f) => {
                     // Nothing half-written stays: delete its outputs, forget its record.

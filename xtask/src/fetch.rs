@@ -171,7 +171,7 @@ impl<'a> Fetcher<'a> {
         if stored.is_file() {
             return Ok(stored);
         }
-        let _guard = self.store.lock(&format!("archive:{}", archive.sha256))?;
+        let _guard = self.store.lock(&format!("fetch-archive:{}", archive.sha256))?;
         if stored.is_file() {
             return Ok(stored);
         }

@@ -302,13 +302,9 @@ impl Toolchain {
         s.push_str("r() { p=$(command -v \"$2\" 2>/dev/null) && p=$(readlink -f \"$p\") && printf 'prog\\t%s\\t%s\\n' \"$1\" \"$p\"; true; }\n");
         s.push_str(&format!("r {} {}\n", q(&spec.cc), q(&cc)));
         for p in &spec.driver_programs {
-            s.push_str(&format!(
-                "x=$({} -print-prog-name={} 2>/dev/null); case \"$x\" in /*) r {} \"$x\";; *) r {} \"$x\";; esac\n",
-                q(&cc),
-                q(p),
-                q(&format!("{}:{p}", spec.cc)),
-                q(&format!("{}:{p}", spec.cc)),
-            ));
+            // Prints an absolute path, or the bare name when it is not found
+            // next to the driver (then PATH decides, as it does for gcc).
+            s.push_str(&format!("r {} \"$({} -print-prog-name={} 2>/dev/null)\"\n", q(&format!("{}:{p}", spec.cc)), q(&cc), q(p)));
         }
         s.push_str(&format!("x=$({} -print-libgcc-file-name 2>/dev/null); [ -f \"$x\" ] && printf 'prog\\tlibgcc\\t%s\\n' \"$(readlink -f \"$x\")\"\n", q(&cc)));
         for t in &spec.tools {

@@ -45,6 +45,8 @@ pub enum Command {
     Lock(AppArgs),
     /// Move components to the newest commit their version names.
     Update(UpdateArgs),
+    /// Lock, then bring every locked source and archive into the store, verified.
+    Fetch(AppArgs),
     /// Build the app's image for each target.
     Build(BuildArgs),
     /// Build, then boot the image in QEMU.

@@ -485,12 +485,24 @@ mod yaml {
                     None => {
                         match &node.value {
                             Value::Scalar { text, style } => {
+                                let kind = if *style == Style::Plain { resolve_plain(text) } else { Kind::Str };
                                 if *style == Style::Plain && text == "<<" {
                                     problem = Some((
                                         node.line,
                                         node.column,
                                         "YAML merge keys (`<<`) are not supported".to_string(),
                                         "write the merged keys out".to_string(),
+                                    ));
+                                } else if kind != Kind::Str {
+                                    problem = Some((
+                                        node.line,
+                                        node.column,
+                                        format!("map keys must be strings, but YAML reads `{text}` as {}", match kind {
+                                            Kind::Null => "null",
+                                            Kind::Bool(_) => "a boolean",
+                                            _ => "a number",
+                                        }),
+                                        format!("quote the key: `\"{text}\":`"),
                                     ));
                                 } else if let Some((first, _)) = entries.iter().find(|(k, _)| {
                                     matches!(&k.value, Value::Scalar { text: t, .. } if t == text)
@@ -514,7 +526,15 @@ mod yaml {
                         }
                         *key = Some(node);
                     }
-                    Some(k) => entries.push((k, node)),
+                    Some(k) => {
+                        let mut node = node;
+                        // An empty value (`key:`) is marked where the next
+                        // token starts; point at its key instead.
+                        if matches!(&node.value, Value::Scalar { text, style: Style::Plain } if text.is_empty()) {
+                            (node.line, node.column) = (k.line, k.column);
+                        }
+                        entries.push((k, node))
+                    }
                 },
             }
             if let Some((l, c, m, h)) = problem {
@@ -569,6 +589,20 @@ mod yaml {
         }
     }
 
+    fn yaml_help(info: &str) -> &'static str {
+        if info.contains("tab") {
+            "indent with spaces; YAML does not allow tabs for indentation"
+        } else if info.contains("flow sequence") {
+            "close the list with `]` (and separate items with `,`)"
+        } else if info.contains("flow mapping") {
+            "close the map with `}` (and separate entries with `,`)"
+        } else if info.contains("quoted scalar") {
+            "close the quoted string"
+        } else {
+            "check the indentation and quoting here; a value holding `: ` or starting with `{`, `[`, `*`, `&` or `%` must be quoted"
+        }
+    }
+
     /// Parse the first YAML document of `text`. Nothing is `Null` at 1:1.
     pub fn parse(path: &Utf8Path, text: &str) -> anyhow::Result<Node> {
         let mut builder = Builder::default();
@@ -580,7 +614,7 @@ mod yaml {
                 Location::new(path, m.line().max(1), m.col() + 1),
                 format!("invalid YAML: {info}"),
             )
-            .help("check the indentation and quoting here; a value holding `: ` or starting with `{`, `[`, `*`, `&` or `%` must be quoted")
+            .help(yaml_help(info))
             .into());
         }
         if let Some((line, column, message, help)) = builder.error {
@@ -648,6 +682,21 @@ pub fn split_words(line: &str) -> Result<Vec<String>, String> {
         words.push(buf);
     }
     Ok(words)
+}
+
+/// `"text"` with `\"` and `\\` escapes, as in a `.config` file.
+fn unquote_kconfig(value: &str) -> Option<String> {
+    let inner = value.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -1256,6 +1305,13 @@ impl Cx<'_> {
                             "create the directory, or fix the path (relative paths start from the Kraftfile's directory)",
                         ))
                     }
+                    Spec::Version(_) if text.contains("://") => {
+                        return Err(self.err(
+                            v,
+                            format!("`{text}` is not a URL kraft-xtask can fetch {what} from: it names no host"),
+                            "write a git URL such as `https://github.com/unikraft/unikraft.git`, or a directory path such as `./unikraft`",
+                        ))
+                    }
                     Spec::Version(version) => c.version = Some(version),
                 },
                 None => unreachable!(),
@@ -1318,7 +1374,7 @@ impl Cx<'_> {
                             ))
                         }
                     };
-                    let (key, value) = match text.split_once('=') {
+                    let (key, mut value) = match text.split_once('=') {
                         Some((k, val)) if !k.is_empty() && !val.is_empty() => (k.to_string(), val.to_string()),
                         _ => {
                             return Err(self.err(
@@ -1329,6 +1385,14 @@ impl Cx<'_> {
                         }
                     };
                     self.check_kconfig_key(item, &key);
+                    if let Some(unquoted) = unquote_kconfig(&value) {
+                        self.warn(
+                            item,
+                            format!("kraftkit keeps the quotes of `{text}` as part of the value; kraft-xtask removes them"),
+                            format!("write it as a map entry, `{key}: {unquoted:?}`, to mean the same in both"),
+                        );
+                        value = unquoted;
+                    }
                     if let Some(slot) = out.iter_mut().find(|(k, _)| *k == key) {
                         self.warn(item, format!("kconfig option `{key}` is set twice; the last value wins"), "remove the earlier entry");
                         slot.1 = value;
@@ -1583,6 +1647,21 @@ mod tests {
         assert_eq!(cx.classify("stable"), Spec::Version("stable".into()));
         assert_eq!(cx.classify("file:///x"), Spec::Version("file:///x".into()));
         assert_eq!(cx.classify("staging@1.0"), Spec::Version("staging@1.0".into()));
+    }
+
+    #[test]
+    fn kconfig_list_quotes() {
+        assert_eq!(unquote_kconfig(r#""a b""#).as_deref(), Some("a b"));
+        assert_eq!(unquote_kconfig(r#""say \"hi\"""#).as_deref(), Some(r#"say "hi""#));
+        assert_eq!(unquote_kconfig("plain"), None);
+        assert_eq!(unquote_kconfig(r#""a" "b""#), None);
+        assert_eq!(unquote_kconfig("\""), None);
+    }
+
+    #[test]
+    fn empty_values_point_at_their_key() {
+        let e = err("spec: v0.6\nunikraft:\n  kconfig:\n    CONFIG_X:\n\n");
+        assert!(e.starts_with("/app/Kraftfile:4:5: kconfig option `CONFIG_X` has no value"), "{e}");
     }
 
     #[test]

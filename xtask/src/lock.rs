@@ -96,6 +96,7 @@ impl Default for Lock {
 }
 
 /// A lock as read from disk: the data and the document (for comments).
+#[derive(Debug)]
 pub struct LockFile {
     pub lock: Lock,
     pub document: DocumentMut,

@@ -33,6 +33,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             let update = if args.components.is_empty() { Update::All } else { Update::Only(args.components.clone()) };
             commands::lock::lock_app(&session, &args.app, update).map(drop)
         }
+        Command::Fetch(args) => commands::lock::fetch_app(&session, &args.app).map(drop),
         Command::Cache(args) => commands::cache::run(&session, &args.command),
         Command::Build(_) | Command::Run(_) | Command::Graph(_) | Command::Explain(_) => {
             anyhow::bail!("not implemented yet")

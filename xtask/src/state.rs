@@ -364,10 +364,7 @@ impl BuildState {
     /// Load the state at `path`; anything unusable yields an empty state.
     pub fn load(path: &Utf8Path) -> BuildState {
         let Ok(bytes) = fs::read(path) else { return BuildState::default() };
-        match Self::decode(&bytes) {
-            Some(state) => state,
-            None => BuildState::default(),
-        }
+        Self::decode(&bytes).unwrap_or_default()
     }
 
     fn decode(bytes: &[u8]) -> Option<BuildState> {

@@ -248,7 +248,7 @@ impl Store {
         let actual = tree_hash(&source)?;
         if let Some(expected) = expected {
             if !expected.eq_ignore_ascii_case(&actual) {
-                return Err(hash_mismatch("source tree", origin, expected, &actual));
+                return Err(hash_mismatch("blake3 tree hash of the source tree", origin, expected, &actual));
             }
         }
 
@@ -333,7 +333,7 @@ impl Store {
             .with_context(|| format!("copying {file} into the store"))?;
         let actual = hex(&hasher.finalize());
         if actual != expected {
-            return Err(hash_mismatch("archive", origin, &expected, &actual));
+            return Err(hash_mismatch("sha256 of the archive", origin, &expected, &actual));
         }
         staged.as_file().sync_all().ok();
         staged.as_file().set_permissions(fs::Permissions::from_mode(0o444))?;
@@ -552,8 +552,22 @@ impl Store {
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         if remove {
             for problem in &mut problems {
+                let lock_name = match problem.kind {
+                    EntryKind::Tree => format!("tree:{}", problem.expected),
+                    EntryKind::Archive => format!("archive:{}", problem.expected),
+                    EntryKind::Blob => format!("blob:{}", problem.expected),
+                };
+                let _lock = self.lock(&lock_name)?;
                 self.remove_entry(&problem.path)
                     .with_context(|| format!("removing corrupt store entry {}", problem.path))?;
+                if problem.kind == EntryKind::Archive {
+                    // Drop archives/<sha>/ once its last file is gone
+                    // (fails harmlessly when other names remain).
+                    let archives = self.root.join("archives");
+                    if let Some(dir) = problem.path.parent().filter(|d| d.parent() == Some(archives.as_path())) {
+                        let _ = fs::remove_dir(dir);
+                    }
+                }
                 problem.removed = true;
             }
         }
@@ -563,8 +577,12 @@ impl Store {
 
     /// Make an entry disappear atomically (rename into tmp/), then delete it.
     fn remove_entry(&self, path: &Utf8Path) -> anyhow::Result<()> {
-        if fs::symlink_metadata(path).is_err() {
+        let Ok(meta) = fs::symlink_metadata(path) else {
             return Ok(()); // already gone
+        };
+        if meta.is_dir() {
+            // Moving a directory to another parent needs write permission on it.
+            fs::set_permissions(path, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700))?;
         }
         let trash = tempfile::Builder::new().prefix("trash-").tempdir_in(self.tmp_dir())?;
         let target = trash.path().join("x");
@@ -735,12 +753,12 @@ fn check_file_name(name: &str) -> anyhow::Result<()> {
 
 fn hash_mismatch(what: &str, origin: &str, expected: &str, actual: &str) -> anyhow::Error {
     Diagnostic::new(format!(
-        "hash mismatch for {what} from {origin}: expected {expected}, got {actual}"
+        "{what} {origin} does not match kraft.lock: expected {expected}, got {actual}"
     ))
     .help(
         "the upstream content changed or a mirror serves something else; if the new content is \
-         legitimate, update the hash in kraft.lock (e.g. `cargo xtask lock --update`), otherwise \
-         check the URL and mirrors",
+         legitimate, re-pin it with `cargo xtask update <app> <component>` (or fix the recipe's \
+         sha256); otherwise check the URL, KRAFT_MIRRORS and KRAFT_ARCHIVE_DIR",
     )
     .into()
 }

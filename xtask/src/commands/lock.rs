@@ -103,3 +103,13 @@ fn describe_changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
     }
     changes
 }
+
+/// `fetch`: the lock, plus every source tree and archive in the store,
+/// verified against it. Returns each component's tree.
+pub fn fetch_app(session: &Session, app: &str) -> anyhow::Result<(LockedApp, Vec<(String, Utf8PathBuf)>)> {
+    let locked = lock_app(session, app, Update::Nothing)?;
+    let fetcher = session.fetcher();
+    let trees = resolve::materialize(&locked.lock, locked.kraftfile.dir(), &fetcher)?;
+    session.output.status("Fetched", &format!("{} components into {}", trees.len(), session.store.root()));
+    Ok((locked, trees))
+}
