@@ -35,8 +35,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         }
         Command::Fetch(args) => commands::lock::fetch_app(&session, &args.app).map(drop),
         Command::Cache(args) => commands::cache::run(&session, &args.command),
-        Command::Build(_) | Command::Run(_) | Command::Graph(_) | Command::Explain(_) => {
-            anyhow::bail!("not implemented yet")
-        }
+        Command::Build(args) => commands::build::build_app(&session, &args.app, args.target.as_deref()).map(drop),
+        Command::Run(args) => commands::run::run(&session, args),
+        Command::Graph(args) => commands::graph::run(&session, args),
+        Command::Explain(args) => commands::explain::run(&session, args),
     }
 }

@@ -204,8 +204,13 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
         if let Some((graph, warnings)) = load_cached(entry)? {
-            clear_dir(&input.build)?;
-            copy_tree(&entry.join("prepared"), &input.build)?;
+            // A build dir already prepared for this very plan is left as it
+            // is: that is what makes a no-op build cost nothing.
+            if read_marker(&input.build).as_deref() != Some(key.as_str()) {
+                clear_dir(&input.build)?;
+                copy_tree(&entry.join("prepared"), &input.build)?;
+                write_marker(&input.build, &key)?;
+            }
             return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
         }
     }
@@ -257,6 +262,7 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
     if let Some(entry) = &entry {
         store_cached(entry, &graph, &warnings, &input.build)?;
     }
+    write_marker(&input.build, &key)?;
     Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
 }
 
@@ -354,10 +360,36 @@ pub fn plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
     Ok(h.finalize().to_hex()[..32].to_string())
 }
 
+/// The identity of the host tools make runs. The sandbox mounts the host's
+/// `/usr` read-only, so the host's binaries are the ones used; naming each by
+/// path, size, mtime and inode catches an upgrade without spawning anything
+/// (a no-op build must not pay for `--version` calls). The executor keys
+/// every action by the compiler's content separately.
 fn tool_versions(sandbox: &Sandbox) -> Result<String> {
-    let script = "for t in make gcc ld bash; do $t --version 2>/dev/null | head -n1; done";
-    let out = sandbox.run(script, &inside_build())?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    use std::os::unix::fs::MetadataExt;
+    let _ = sandbox;
+    let mut out = String::new();
+    for tool in ["make", "gcc", "ld", "bash", "awk", "sed"] {
+        let found = ["/usr/bin", "/bin"].iter().map(|d| Utf8Path::new(d).join(tool)).find(|p| p.exists());
+        match found.and_then(|p| std::fs::metadata(&p).ok().map(|m| (p, m))) {
+            Some((path, meta)) => {
+                writeln!(out, "{path} {} {} {}", meta.len(), meta.mtime(), meta.ino()).unwrap();
+            }
+            None => writeln!(out, "{tool} missing").unwrap(),
+        }
+    }
+    Ok(out)
+}
+
+/// `<build>/.kraft-plan`: the plan key the build dir was prepared for.
+const MARKER: &str = ".kraft-plan";
+
+fn read_marker(build: &Utf8Path) -> Option<String> {
+    std::fs::read_to_string(build.join(MARKER)).ok().map(|s| s.trim().to_string())
+}
+
+fn write_marker(build: &Utf8Path, key: &str) -> Result<()> {
+    std::fs::write(build.join(MARKER), key).with_context(|| format!("writing {}", build.join(MARKER)))
 }
 
 fn is_build_file(name: &str) -> bool {

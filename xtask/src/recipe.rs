@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, Location};
@@ -209,13 +209,18 @@ pub struct RecipeBook {
 }
 
 impl RecipeBook {
-    /// The built-in recipes, overridden by `*.toml` in `dir` when given.
-    pub fn load(dir: Option<&Utf8Path>) -> anyhow::Result<RecipeBook> {
+    /// The built-in recipes, overridden by `*.toml` in each of `dirs`, in order.
+    pub fn load(dirs: &[Utf8PathBuf]) -> anyhow::Result<RecipeBook> {
         let mut book = RecipeBook::default();
         for (file, text) in BUILTIN {
             book.add(Recipe::parse(&format!("builtin:recipes/{file}"), text)?);
         }
-        if let Some(dir) = dir.filter(|d| d.is_dir()) {
+        for dir in dirs {
+            if !dir.is_dir() {
+                return Err(Diagnostic::new(format!("recipe directory {dir} does not exist"))
+                    .help("fix `recipes` in [workspace.metadata.kraft] of Cargo.toml")
+                    .into());
+            }
             let mut files: Vec<Utf8PathBuf> = Vec::new();
             for entry in dir.read_dir_utf8().with_context(|| format!("reading recipes in {dir}"))? {
                 let path = entry?.into_path();
@@ -256,7 +261,7 @@ mod tests {
 
     #[test]
     fn builtin_recipes_parse() {
-        let book = RecipeBook::load(None).unwrap();
+        let book = RecipeBook::load(&[]).unwrap();
         let musl = book.get("musl", ComponentKind::Library);
         assert_eq!(musl.file.archive[0].name, "musl-1.2.3.tar.gz");
         assert_eq!(musl.mount("musl"), "libs/musl");

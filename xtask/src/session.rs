@@ -31,8 +31,8 @@ impl Session {
             None => Store::default_root()?,
         };
         let store = Store::open(store_root)?;
-        let mirrors = Mirrors::from_env_and(&workspace.metadata.mirrors)?;
-        let recipes = RecipeBook::load(workspace.recipes_dir().as_deref())?;
+        let mirrors = Mirrors::from_env_and(&workspace.mirror_rules())?;
+        let recipes = RecipeBook::load(&workspace.recipes_dirs())?;
         let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
         Ok(Session {
             store,

@@ -23,7 +23,9 @@ use crate::kraftfile;
 #[serde(rename_all = "kebab-case")]
 pub struct KraftMetadata {
     pub apps: Option<String>,
-    pub recipes: Option<String>,
+    /// One directory or a list, relative to the workspace root.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub recipes: Vec<String>,
     pub remote_cache: Option<String>,
     #[serde(default)]
     pub mirrors: BTreeMap<String, String>,
@@ -67,8 +69,27 @@ impl Workspace {
         self.root.join(self.metadata.apps.as_deref().unwrap_or("apps"))
     }
 
-    pub fn recipes_dir(&self) -> Option<Utf8PathBuf> {
-        self.metadata.recipes.as_deref().map(|r| self.root.join(r))
+    pub fn recipes_dirs(&self) -> Vec<Utf8PathBuf> {
+        self.metadata.recipes.iter().map(|r| self.root.join(r)).collect()
+    }
+
+    /// Mirror rules from the workspace, local replacements made absolute
+    /// (relative to the workspace root).
+    pub fn mirror_rules(&self) -> BTreeMap<String, String> {
+        self.metadata
+            .mirrors
+            .iter()
+            .map(|(prefix, replacement)| {
+                let local = !replacement.contains("://") && !replacement.starts_with('/');
+                let replacement = if local {
+                    let trailing = if replacement.ends_with('/') { "/" } else { "" };
+                    format!("{}{trailing}", self.root.join(replacement))
+                } else {
+                    replacement.clone()
+                };
+                (prefix.clone(), replacement)
+            })
+            .collect()
     }
 
     /// An app by name (under the apps directory) or by path; `kraftfile`
@@ -107,6 +128,20 @@ impl Workspace {
     pub fn output_dir(&self, app: &str, target_dir_name: &str) -> Utf8PathBuf {
         self.target_dir.join("kraft").join(app).join(target_dir_name)
     }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    })
 }
 
 fn list_apps(dir: &Utf8Path) -> Vec<String> {

@@ -1,4 +1,8 @@
 //! One module per command; `main.rs` only dispatches.
 
+pub mod build;
 pub mod cache;
+pub mod explain;
+pub mod graph;
 pub mod lock;
+pub mod run;
