@@ -22,22 +22,30 @@
 //!   destination, verified against its hash, and only then are all renamed
 //!   into place.
 //!
-//! A remote tier (HTTP `GET/PUT/HEAD` on `/ac/<key>` and `/cas/<hash>`) can be
-//! layered in front later: [`ActionCache::get`] falls back to it on a local
-//! miss and copies what it fetched into the local tier; [`ActionCache::put`]
-//! also uploads. Entries carry everything needed for that (blob hash, size,
-//! mode); a `sha256`-addressed CAS would add a `sha256` field to
-//! [`CachedOutput`], filled only when the remote is enabled.
+//! A remote tier ([`crate::remote`]: HTTP `GET/PUT/HEAD` on `/ac/<key>` and
+//! `/cas/<sha256>`) sits behind the local one when the cache is made
+//! [`ActionCache::with_remote`]: [`ActionCache::get`] and
+//! [`ActionCache::manifest`] fall back to it on a local miss and copy what
+//! they fetched (verified) into the local tier; [`ActionCache::put`] and
+//! [`ActionCache::add_to_manifest`] also queue an upload, and a local hit
+//! queues one that is sent only if the server lacks the entry. Uploaded
+//! entries carry each output's `sha256` (its CAS name), computed by the
+//! uploader; local entries need not have it.
+//!
+//! A hit touches the entry's mtime: `cache gc` keeps recently used entries
+//! ([`collect_garbage`]).
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::Hash;
+use crate::remote::{BlobUpload, RemoteTier, Upload};
 use crate::state::{hash_file, now_ns, Stamp};
 use crate::store::Store;
 
@@ -55,6 +63,10 @@ pub struct CachedOutput {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
+    /// SHA-256 hex of the bytes: the blob's name in a remote CAS. Set in
+    /// entries that went through the remote cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// What an action produced for one key.
@@ -94,11 +106,18 @@ pub struct Restored {
 pub struct ActionCache {
     store: Store,
     dir: Utf8PathBuf,
+    remote: Option<Arc<RemoteTier>>,
 }
 
 impl ActionCache {
     pub fn new(store: &Store) -> ActionCache {
-        ActionCache { store: store.clone(), dir: store.root().join("ac") }
+        ActionCache { store: store.clone(), dir: store.root().join("ac"), remote: None }
+    }
+
+    /// Put a remote tier behind the local one (for one build).
+    pub fn with_remote(mut self, remote: Option<Arc<RemoteTier>>) -> ActionCache {
+        self.remote = remote;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -137,21 +156,97 @@ impl ActionCache {
         Ok(())
     }
 
-    /// The entry for `key`, if there is a well-formed one.
+    /// The entry for `key`, if there is a well-formed one: local, else
+    /// (with a remote tier) fetched, verified and copied into the local tier.
     pub fn get(&self, key: &Hash) -> Option<Entry> {
-        match self.read(key)? {
-            File::Entry { version: AC_VERSION, entry } => Some(entry),
-            _ => None,
+        match self.read(key) {
+            Some(File::Entry { version: AC_VERSION, entry }) => {
+                touch(&self.entry_path(key));
+                self.publish(key, &entry, true);
+                Some(entry)
+            }
+            Some(_) => None,
+            None => self.get_remote(key),
         }
+    }
+
+    fn get_remote(&self, key: &Hash) -> Option<Entry> {
+        let tier = self.remote.as_ref().filter(|t| t.enabled())?;
+        let payload = tier.get_ac(key.to_hex().as_str())?;
+        let Ok(File::Entry { version: AC_VERSION, entry }) = serde_json::from_slice::<File>(&payload) else {
+            return None;
+        };
+        for out in &entry.outputs {
+            if self.store.has_blob(&out.blake3) {
+                continue;
+            }
+            let sha256 = out.sha256.as_deref()?;
+            let bytes = tier.get_blob(sha256, Some(out.size))?;
+            if blake3::hash(&bytes).to_hex().as_str() != out.blake3 {
+                tier.discard_blob(sha256, "it does not match the entry's blake3");
+                return None;
+            }
+            self.store.insert_blob_bytes(&bytes).ok()?;
+        }
+        self.write(key, &File::Entry { version: AC_VERSION, entry: entry.clone() }).ok()?;
+        tier.note_hit();
+        Some(entry)
     }
 
     /// Record `entry` under `key`. Every blob it names must already be stored.
     pub fn put(&self, key: &Hash, entry: &Entry) -> anyhow::Result<()> {
-        self.write(key, &File::Entry { version: AC_VERSION, entry: entry.clone() })
+        self.write(key, &File::Entry { version: AC_VERSION, entry: entry.clone() })?;
+        self.publish(key, entry, false);
+        Ok(())
     }
 
-    /// Header-path lists recorded for `prekey`, most recent first.
+    /// Queue the upload of an entry and its blobs (when the remote is writable).
+    fn publish(&self, key: &Hash, entry: &Entry, only_if_missing: bool) {
+        let Some(tier) = self.remote.as_ref().filter(|t| t.writable()) else { return };
+        let blobs = entry
+            .outputs
+            .iter()
+            .map(|o| BlobUpload { path: self.store.blob_path(&o.blake3), sha256: o.sha256.clone() })
+            .collect();
+        let mut entry = entry.clone();
+        let payload = Box::new(move |shas: &[String]| {
+            for (out, sha) in entry.outputs.iter_mut().zip(shas) {
+                out.sha256 = Some(sha.clone());
+            }
+            serde_json::to_vec(&File::Entry { version: AC_VERSION, entry }).ok()
+        });
+        tier.upload(Upload { key: key.to_hex().to_string(), blobs, payload, only_if_missing });
+    }
+
+    fn publish_manifest(&self, prekey: &Hash, candidates: Vec<Vec<Utf8PathBuf>>, only_if_missing: bool) {
+        let Some(tier) = self.remote.as_ref().filter(|t| t.writable()) else { return };
+        let payload =
+            Box::new(move |_: &[String]| serde_json::to_vec(&File::Manifest { version: AC_VERSION, candidates }).ok());
+        tier.upload(Upload { key: prekey.to_hex().to_string(), blobs: Vec::new(), payload, only_if_missing });
+    }
+
+    /// Header-path lists recorded for `prekey`, most recent first; with a
+    /// remote tier, the remote's lists follow the local ones.
     pub fn manifest(&self, prekey: &Hash) -> Vec<Vec<Utf8PathBuf>> {
+        let mut candidates = self.local_manifest(prekey);
+        if !candidates.is_empty() {
+            self.publish_manifest(prekey, candidates.clone(), true);
+        }
+        if let Some(tier) = self.remote.as_ref().filter(|t| t.enabled()) {
+            if let Some(payload) = tier.get_ac(prekey.to_hex().as_str()) {
+                if let Ok(File::Manifest { version: AC_VERSION, candidates: remote }) = serde_json::from_slice(&payload) {
+                    for c in remote {
+                        if !candidates.contains(&c) {
+                            candidates.push(c);
+                        }
+                    }
+                }
+            }
+        }
+        candidates
+    }
+
+    fn local_manifest(&self, prekey: &Hash) -> Vec<Vec<Utf8PathBuf>> {
         match self.read(prekey) {
             Some(File::Manifest { version: AC_VERSION, candidates }) => candidates,
             _ => Vec::new(),
@@ -160,16 +255,18 @@ impl ActionCache {
 
     /// Put `discovered` first in the manifest of `prekey`.
     pub fn add_to_manifest(&self, prekey: &Hash, discovered: &[Utf8PathBuf]) -> anyhow::Result<()> {
-        let current = self.manifest(prekey);
+        let current = self.local_manifest(prekey);
         if current.first().map(|c| c.as_slice()) == Some(discovered) {
             return Ok(());
         }
         let _lock = self.store.lock(&format!("ac-{}", prekey.to_hex()))?;
-        let mut candidates = self.manifest(prekey);
+        let mut candidates = self.local_manifest(prekey);
         candidates.retain(|c| c.as_slice() != discovered);
         candidates.insert(0, discovered.to_vec());
         candidates.truncate(MANIFEST_CAPACITY);
-        self.write(prekey, &File::Manifest { version: AC_VERSION, candidates })
+        self.write(prekey, &File::Manifest { version: AC_VERSION, candidates: candidates.clone() })?;
+        self.publish_manifest(prekey, candidates, false);
+        Ok(())
     }
 
     /// Copy `host` into the store as a blob; returns the output record.
@@ -182,7 +279,13 @@ impl ActionCache {
             anyhow::bail!("output {host} changed while it was being stored");
         }
         Ok((
-            CachedOutput { path: path.to_owned(), blake3, size: meta.len(), mode: meta.permissions().mode() & 0o7777 },
+            CachedOutput {
+                path: path.to_owned(),
+                blake3,
+                size: meta.len(),
+                mode: meta.permissions().mode() & 0o7777,
+                sha256: None,
+            },
             stamp,
         ))
     }
@@ -235,5 +338,12 @@ impl ActionCache {
             restored.push(Restored { path: out.path.clone(), host, hash, mode: out.mode, stamp, hashed_at_ns });
         }
         Ok(Some(restored))
+    }
+}
+
+/// Mark an entry as used now (its mtime), for `cache gc`.
+fn touch(path: &Utf8Path) {
+    if let Ok(file) = fs::OpenOptions::new().write(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }

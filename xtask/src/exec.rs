@@ -26,7 +26,7 @@ use std::fmt;
 use std::fs;
 use std::process::Output;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -35,6 +35,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::cache::{ActionCache, CachedOutput, Entry};
 use crate::fingerprint::{self, env_hash, key_from, DirtyReason, Fingerprint, Hash, Toolchain, ToolchainSpec};
 use crate::graph::{Action, ActionId, Graph, SANDBOX_ROOT};
+use crate::remote::RemoteCache;
 use crate::sandbox::Sandbox;
 use crate::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, OutputRecord, StatCache};
 use crate::store::Store;
@@ -116,6 +117,9 @@ pub struct ExecContext<'a> {
     pub jobs: usize,
     pub toolchain: ToolchainSpec,
     pub events: &'a (dyn Fn(&Event<'_>) + Sync),
+    /// The team cache behind the local action cache (default: none). See
+    /// [`crate::remote`]: it never fails a build.
+    pub remote: Option<&'a RemoteCache>,
 }
 
 impl<'a> ExecContext<'a> {
@@ -127,6 +131,7 @@ impl<'a> ExecContext<'a> {
             jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             toolchain: ToolchainSpec::default(),
             events: &ignore_events,
+            remote: None,
         }
     }
 }
@@ -178,6 +183,12 @@ pub struct BuildReport {
     /// Units in graph order.
     pub units: Vec<UnitReport>,
     pub duration: Duration,
+    /// Action entries fetched from the remote cache (their outputs restored).
+    pub remote_hits: usize,
+    /// Action entries (and header manifests) uploaded to the remote cache.
+    pub remote_uploads: usize,
+    /// Warnings of the remote tier (already printed through its sink).
+    pub remote_warnings: Vec<String>,
 }
 
 impl BuildReport {
@@ -352,7 +363,9 @@ impl Shared<'_> {
 
         // Run.
         started(&reason);
-        let mut to_clear: Vec<&Utf8PathBuf> = action.outputs.iter().collect();
+        // Outputs that are also inputs are updated in place (objcopy
+        // --update-section, multiboot.py on the image): keep them.
+        let mut to_clear: Vec<&Utf8PathBuf> = action.outputs.iter().filter(|o| !action.inputs.contains(o)).collect();
         to_clear.extend(action.depfile.iter());
         for out in to_clear {
             let host = self.host(out)?;
@@ -493,9 +506,10 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         Some(first) => probe_toolchain(ctx.runner, &ctx.toolchain, &first.cwd, &stats),
         None => Toolchain::from_components(Default::default()),
     };
+    let remote = ctx.remote.map(|r| Arc::new(r.start()));
     let shared = Shared {
         runner: ctx.runner,
-        cache: ActionCache::new(ctx.store),
+        cache: ActionCache::new(ctx.store).with_remote(remote.clone()),
         stats: &stats,
         env: env_hash(&toolchain, ctx.runner.hermetic()),
     };
@@ -679,6 +693,12 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         }
     }
     let cycle = failure.is_none() && done < total;
+    if let Some(remote) = &remote {
+        let stats = remote.finish();
+        report.remote_hits = stats.hits;
+        report.remote_uploads = stats.uploads;
+        report.remote_warnings = stats.warnings;
+    }
 
     // Forget actions no longer in the graph? No: keep them (switching
     // configurations back and forth stays cheap); they cost only state size.

@@ -42,7 +42,7 @@ use crate::graph::{Action, ActionId, ActionKind, Graph, SANDBOX_ROOT};
 use crate::sandbox::{Mount, Sandbox};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
-pub const PLAN_FORMAT: u32 = 1;
+pub const PLAN_FORMAT: u32 = 2;
 
 pub fn inside_core() -> Utf8PathBuf {
     Utf8PathBuf::from(format!("{SANDBOX_ROOT}/unikraft"))
@@ -266,7 +266,13 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
     Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn is_symlink_command(script: &str) -> bool {
+    let mut words = script.split_whitespace();
+    let program = words.next().unwrap_or("");
+    (program == "ln" || program.ends_with("/ln")) && words.next().is_some_and(|flag| flag.starts_with('-') && flag.contains('s'))
+}
+
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
     if !out.is_empty() {
@@ -365,7 +371,7 @@ pub fn plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
 /// path, size, mtime and inode catches an upgrade without spawning anything
 /// (a no-op build must not pay for `--version` calls). The executor keys
 /// every action by the compiler's content separately.
-fn tool_versions(sandbox: &Sandbox) -> Result<String> {
+pub(crate) fn tool_versions(sandbox: &Sandbox) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
     let _ = sandbox;
     let mut out = String::new();
@@ -425,7 +431,7 @@ struct CachedPlan {
 }
 
 /// Cache entry layout: `<cache>/<key>/plan.json` and `<cache>/<key>/prepared/`.
-fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>)>> {
+pub(crate) fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>)>> {
     let file = entry.join("plan.json");
     let Ok(text) = std::fs::read_to_string(&file) else { return Ok(None) };
     match serde_json::from_str::<CachedPlan>(&text) {
@@ -434,7 +440,7 @@ fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>)>> {
     }
 }
 
-fn store_cached(entry: &Utf8Path, graph: &Graph, warnings: &[String], build: &Utf8Path) -> Result<()> {
+pub(crate) fn store_cached(entry: &Utf8Path, graph: &Graph, warnings: &[String], build: &Utf8Path) -> Result<()> {
     let parent = entry.parent().unwrap();
     std::fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new().prefix(".plan-").tempdir_in(parent)?;
@@ -455,7 +461,7 @@ fn store_cached(entry: &Utf8Path, graph: &Graph, warnings: &[String], build: &Ut
     Ok(())
 }
 
-fn clear_dir(dir: &Utf8Path) -> Result<()> {
+pub(crate) fn clear_dir(dir: &Utf8Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -520,7 +526,36 @@ pub fn parse_make_n(printed: &str, sandbox: &Sandbox, rules: &[UnitRule]) -> Res
             raws.push(Raw { script: cmd, cmd_target: None });
         }
     }
-    Ok(build_graph(raws, sandbox, rules))
+    Ok(build_graph(fold_in_place(raws), sandbox, rules))
+}
+
+/// Folds a printed command that only *modifies* a file the command just
+/// before it wrote (`ranlib lib/libc.a` after `ar rc lib/libc.a ...`,
+/// `sed ... >> x.h` after `cp x.h.in x.h`) into that command's action: the
+/// executor clears an action's outputs before running it, so the two must be
+/// one action. Commands run from `.cmd` files are never folded.
+fn fold_in_place(raws: Vec<Raw>) -> Vec<Raw> {
+    let build = inside_build();
+    let mut out: Vec<Raw> = Vec::new();
+    let mut prev_outputs: Vec<Utf8PathBuf> = Vec::new();
+    for raw in raws {
+        let an = analyze(&raw.script, &build);
+        let foldable = raw.cmd_target.is_none()
+            && !an.modifies.is_empty()
+            && an.modifies.iter().all(|m| prev_outputs.contains(m))
+            && an.outputs.iter().all(|o| an.modifies.contains(o));
+        match out.last_mut() {
+            Some(prev) if foldable && prev.cmd_target.is_none() => {
+                prev.script.push_str(" && ");
+                prev.script.push_str(&raw.script);
+            }
+            _ => {
+                prev_outputs = an.outputs.clone();
+                out.push(raw);
+            }
+        }
+    }
+    out
 }
 
 /// Joins backslash-continued lines.
@@ -683,6 +718,9 @@ struct Analysis {
     source: Option<Utf8PathBuf>,
     /// Files an objcopy/raw step may modify in place.
     in_place: Vec<Utf8PathBuf>,
+    /// Files certainly modified rather than created: `>>` targets, `ranlib`'s
+    /// archive (see [`fold_in_place`]).
+    modifies: Vec<Utf8PathBuf>,
 }
 
 fn analyze(script: &str, cwd: &Utf8Path) -> Analysis {
@@ -695,8 +733,12 @@ fn analyze(script: &str, cwd: &Utf8Path) -> Analysis {
     for (i, w) in words.iter().enumerate() {
         if w == ">" {
             if let Some(t) = words.get(i + 1) {
-                if t != "&" && t != "/dev/null" && !t.starts_with('&') {
+                if t != "&" && t != ">" && t != "/dev/null" && !t.starts_with('&') {
                     a.outputs.push(normalize(cwd, t));
+                    // `>>`: appends to what is there.
+                    if i > 0 && words[i - 1] == ">" {
+                        a.modifies.push(normalize(cwd, t));
+                    }
                 }
             }
         }
@@ -738,6 +780,22 @@ fn analyze(script: &str, cwd: &Utf8Path) -> Analysis {
                 a.in_place.push(normalize(cwd, files[0]));
             } else if files.len() >= 2 && !cmd.iter().any(|w| w == "-o") {
                 a.outputs.push(normalize(cwd, files[files.len() - 1]));
+            }
+        } else if t == "ar" || t.ends_with("-ar") || t == "gcc-ar" {
+            // `ar rc lib/libc.a a.o b.o`: the archive is the output, the
+            // members are inputs (found below as path-like words). An
+            // archive of a library's objects is a partial link.
+            if positional.first().is_some_and(|op| op.contains(['r', 'q'])) {
+                if let Some(archive) = positional.get(1) {
+                    a.outputs.push(normalize(cwd, archive));
+                    links_r = true;
+                }
+            }
+        } else if t == "ranlib" || t.ends_with("-ranlib") {
+            if let Some(archive) = positional.last() {
+                a.outputs.push(normalize(cwd, archive));
+                a.modifies.push(normalize(cwd, archive));
+                objcopy = true;
             }
         } else if t == "ln" || t == "cp" || t == "mv" || t == "install" {
             if let Some(last) = positional.last() {
@@ -832,6 +890,13 @@ fn build_graph(raws: Vec<Raw>, sandbox: &Sandbox, rules: &[UnitRule]) -> Graph {
             }
         }
         dedup(&mut outputs);
+        // `ln -s` makes a symlink that may dangle on the host (its target is
+        // an inside path, or a file a later step writes): it is a side effect,
+        // not a content output. The prepared build dir already holds the ones
+        // `prepare` made; the action still runs (once) for the others.
+        if kind == ActionKind::Script && is_symlink_command(&raw.script) {
+            outputs.clear();
+        }
         let primary = outputs.first().cloned();
         let is_final_link = primary.as_ref().is_some_and(|p| p.as_str().ends_with(".dbg"));
         let in_build_root = primary.as_ref().is_some_and(|p| p.parent() == Some(build.as_path()));

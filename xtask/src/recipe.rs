@@ -26,6 +26,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("musl.toml", include_str!("../../recipes/musl.toml")),
     ("lwip.toml", include_str!("../../recipes/lwip.toml")),
     ("app.toml", include_str!("../../recipes/app.toml")),
+    ("musl-upstream.toml", include_str!("../../recipes/musl-upstream.toml")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +125,28 @@ impl Default for Units {
     }
 }
 
+/// A standalone make-based component (upstream musl): how to configure it
+/// and which make targets to plan. See `plan_make`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MakeSpec {
+    /// Run in the empty build directory; `{src}` is the source tree's
+    /// mount point inside the sandbox.
+    pub configure: Vec<String>,
+    /// Lines appended to the file configure generates (`config.mak`).
+    #[serde(default)]
+    pub config_append: Vec<String>,
+    /// The generated file `config-append` goes to.
+    #[serde(default = "default_config_file")]
+    pub config_file: String,
+    /// What `make -n` is asked for, in this order.
+    pub targets: Vec<String>,
+}
+
+fn default_config_file() -> String {
+    "config.mak".into()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeFile {
@@ -134,6 +157,9 @@ pub struct RecipeFile {
     pub archive: Vec<OriginArchive>,
     #[serde(default)]
     pub units: Units,
+    /// Only for standalone make-based components (`musl-upstream`).
+    #[serde(default)]
+    pub make: Option<MakeSpec>,
 }
 
 /// A loaded recipe and its identity.

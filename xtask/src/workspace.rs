@@ -98,7 +98,9 @@ impl Workspace {
         let as_path = Utf8Path::new(app);
         let by_name = self.apps_dir().join(app);
         let dir = if !app.contains('/') && by_name.is_dir() {
-            by_name
+            // Through symlinks, so the Kraftfile's relative sources resolve
+            // where the app really is.
+            by_name.canonicalize_utf8().with_context(|| format!("resolving {by_name}"))?
         } else if as_path.is_dir() {
             as_path.canonicalize_utf8().with_context(|| format!("resolving {app}"))?
         } else {
@@ -120,7 +122,12 @@ impl Workspace {
                 .unwrap_or_else(|| file.to_owned()),
             None => kraftfile::find(&dir)?,
         };
-        let name = dir.file_name().unwrap_or("app").to_string();
+        // Outputs are named after what the user typed for a named app.
+        let name = if !app.contains('/') && self.apps_dir().join(app).is_dir() {
+            app.to_string()
+        } else {
+            dir.file_name().unwrap_or("app").to_string()
+        };
         Ok(AppRef { name, dir, kraftfile })
     }
 

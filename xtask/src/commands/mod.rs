@@ -6,3 +6,4 @@ pub mod explain;
 pub mod graph;
 pub mod lock;
 pub mod run;
+pub mod sysroot;

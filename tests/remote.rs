@@ -1,0 +1,391 @@
+//! The remote cache against a real HTTP cache server: nginx on loopback with
+//! WebDAV `PUT` serving `/ac/` and `/cas/` from a temporary directory (the
+//! layout bazel-remote's HTTP protocol uses), and real gcc builds of the
+//! small graph in `support/graphs.rs`.
+//!
+//! Each test starts its own nginx (`master_process off`, so killing the one
+//! child stops the server) and counts what reached it from the files under
+//! its root and its access log. Tests assert on counters, files and
+//! warnings, never on time.
+
+#[path = "support/graphs.rs"]
+mod graphs;
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use graphs::{set, Client, APP_OUTPUT, COMPILES};
+use hmac::{Hmac, Mac};
+use kraft_xtask::remote::{RemoteCache, RemoteOptions, NO_SECRET_WARNING};
+use sha2::{Digest, Sha256};
+
+const NGINX: &str = "/usr/sbin/nginx";
+const SECRET: &[u8] = b"team-secret-for-tests";
+
+/// An nginx serving a WebDAV-writable root; killed on drop.
+struct Nginx {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Nginx {
+    /// `None` (with a message) when nginx is not installed, except under
+    /// CI=true, where that is a failure.
+    fn start() -> Option<Nginx> {
+        if !Utf8Path::new(NGINX).exists() {
+            let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+            assert!(!ci, "{NGINX} is missing: CI must install nginx (apt-get install nginx-light)");
+            eprintln!("SKIPPED: {NGINX} is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let base = Utf8Path::from_path(dir.path()).unwrap().to_owned();
+        for sub in ["root/ac", "root/cas", "body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"] {
+            fs::create_dir_all(base.join(sub)).unwrap();
+        }
+        // A port the kernel just handed out; retry if someone takes it first.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let conf = base.join("nginx.conf");
+            fs::write(&conf, config(&base, port)).unwrap();
+            let mut child = Command::new(NGINX)
+                .args(["-p", base.as_str(), "-c", conf.as_str(), "-e", base.join("logs/error.log").as_str()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx starts");
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Nginx { dir, child: Some(child), port });
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: port taken, or a config problem (see error.log)
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nginx did not start: {}", fs::read_to_string(base.join("logs/error.log")).unwrap_or_default());
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn base(&self) -> Utf8PathBuf {
+        Utf8Path::from_path(self.dir.path()).unwrap().to_owned()
+    }
+
+    fn root(&self) -> Utf8PathBuf {
+        self.base().join("root")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Files under `root/<kind>`.
+    fn files(&self, kind: &str) -> Vec<Utf8PathBuf> {
+        let mut files: Vec<Utf8PathBuf> = fs::read_dir(self.root().join(kind))
+            .unwrap()
+            .map(|e| Utf8PathBuf::from_path_buf(e.unwrap().path()).unwrap())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Access log lines: `METHOD URI STATUS`.
+    fn requests(&self) -> Vec<String> {
+        fs::read_to_string(self.base().join("logs/access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn puts(&self) -> usize {
+        self.requests().iter().filter(|l| l.starts_with("PUT ")).count()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config(base: &Utf8Path, port: u16) -> String {
+    format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/logs/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    default_type application/octet-stream;
+    log_format kraft '$request_method $uri $status';
+    access_log {base}/logs/access.log kraft;
+    client_body_temp_path {base}/body;
+    proxy_temp_path {base}/proxy;
+    fastcgi_temp_path {base}/fastcgi;
+    uwsgi_temp_path {base}/uwsgi;
+    scgi_temp_path {base}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {base}/root;
+        location /ac/ {{
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+        }}
+        location /cas/ {{
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// A remote cache whose warnings are collected; uploads are waited for long
+/// enough that the tests never depend on timing.
+fn remote(server: &Nginx, secret: Option<&[u8]>) -> (RemoteCache, Arc<Mutex<Vec<String>>>) {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let sink = warnings.clone();
+    let options = RemoteOptions { upload_wait: Duration::from_secs(120), ..RemoteOptions::default() };
+    let cache = RemoteCache::from_config(Some(&server.url()), secret)
+        .unwrap()
+        .with_options(options)
+        .with_warnings(move |w| sink.lock().unwrap().push(w.to_owned()));
+    (cache, warnings)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Fill a fresh server with a cold build; returns the server and the client.
+fn filled() -> Option<(Nginx, Client)> {
+    let server = Nginx::start()?;
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let ci = Client::new();
+    let (report, seen) = ci.build(Some(&cache));
+    assert_eq!(report.run, 6, "{report:#?}");
+    assert_eq!(seen.ran.len(), 6);
+    assert!(warnings.lock().unwrap().is_empty(), "{:?}", warnings.lock().unwrap());
+    assert_eq!(ci.run_app(), APP_OUTPUT);
+    Some((server, ci))
+}
+
+/// The `ac/` document (file, parsed) whose entry produces `output`.
+fn ac_doc_for(server: &Nginx, output: &str) -> (Utf8PathBuf, serde_json::Value) {
+    for file in server.files("ac") {
+        let doc: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        let payload: serde_json::Value = serde_json::from_str(doc["payload"].as_str().unwrap()).unwrap();
+        if payload["type"] == "entry" && payload["entry"]["outputs"][0]["path"] == output {
+            return (file, payload);
+        }
+    }
+    panic!("no ac entry for {output}");
+}
+
+#[test]
+fn cold_build_fills_the_server_and_an_empty_client_runs_nothing() {
+    let Some((server, ci)) = filled() else { return };
+
+    // 6 entries + 3 header manifests (one per compile); one blob per output.
+    let ac = server.files("ac");
+    let cas = server.files("cas");
+    assert_eq!(ac.len(), 9, "{ac:?}");
+    let outputs: std::collections::BTreeSet<String> = ["libab/a.o", "libab/b.o", "libab/libab.o", "app/c.o", "app/app.dbg", "app/app"]
+        .iter()
+        .map(|o| sha256_hex(&fs::read(ci.output(o)).unwrap()))
+        .collect();
+    let names: std::collections::BTreeSet<String> = cas.iter().map(|p| p.file_name().unwrap().to_owned()).collect();
+    assert_eq!(names, outputs, "the CAS holds exactly the outputs, named by SHA-256");
+    for blob in &cas {
+        assert_eq!(sha256_hex(&fs::read(blob).unwrap()), blob.file_name().unwrap());
+    }
+    let puts = server.puts();
+    assert_eq!(puts, 9 + outputs.len(), "{:#?}", server.requests());
+
+    // A second client, empty local store, same secret: everything restored.
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let laptop = Client::new();
+    let (report, seen) = laptop.build(Some(&cache));
+    assert_eq!((report.run, report.restored, report.remote_hits), (0, 6, 6), "{report:#?}");
+    assert!(seen.ran.is_empty(), "nothing compiles: {:?}", seen.ran);
+    assert!(warnings.lock().unwrap().is_empty(), "{:?}", warnings.lock().unwrap());
+    assert_eq!(laptop.run_app(), APP_OUTPUT);
+    assert_eq!(server.puts(), puts, "restoring from the remote does not upload it again");
+
+    // Its next build is a no-op, without the network.
+    let requests = server.requests().len();
+    let (noop, _) = laptop.build(Some(&cache));
+    assert_eq!(noop.up_to_date, 6);
+    assert_eq!(server.requests().len(), requests);
+}
+
+#[test]
+fn a_server_killed_mid_build_gives_one_warning_and_a_local_build() {
+    let Some(server) = Nginx::start() else { return };
+    let server = Mutex::new(server);
+    let url = server.lock().unwrap().url();
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let sink = warnings.clone();
+    let cache = RemoteCache::from_config(Some(&url), Some(SECRET))
+        .unwrap()
+        .with_options(RemoteOptions { upload_wait: Duration::from_secs(120), ..RemoteOptions::default() })
+        .with_warnings(move |w| sink.lock().unwrap().push(w.to_owned()));
+    let mut client = Client::new();
+    client.jobs = 1;
+    let kill_after_first = |_: &str| server.lock().unwrap().kill();
+    let (result, seen) = client.try_build_with(Some(&cache), &kill_after_first);
+    let report = result.expect("the build succeeds without the server");
+    assert_eq!(report.run, 6);
+    assert_eq!(seen.ran.len(), 6);
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("unavailable") && warnings[0].contains(&url), "{warnings:?}");
+    assert_eq!(report.remote_warnings, warnings);
+    assert_eq!(client.run_app(), APP_OUTPUT);
+
+    // A server that is down from the start: the same, one warning.
+    let (cache, warnings) = {
+        let w = Arc::new(Mutex::new(Vec::new()));
+        let sink = w.clone();
+        (RemoteCache::from_config(Some(&url), Some(SECRET)).unwrap().with_warnings(move |m| sink.lock().unwrap().push(m.to_owned())), w)
+    };
+    let other = Client::new();
+    let (report, _) = other.build(Some(&cache));
+    assert_eq!(report.run, 6);
+    assert_eq!(warnings.lock().unwrap().len(), 1, "{:?}", warnings.lock().unwrap());
+}
+
+#[test]
+fn a_corrupt_blob_on_the_server_is_discarded_and_rebuilt() {
+    let Some((server, ci)) = filled() else { return };
+    let a_o = fs::read(ci.output("libab/a.o")).unwrap();
+    let name = sha256_hex(&a_o);
+    let on_server = server.root().join("cas").join(&name);
+    assert!(on_server.is_file());
+    let mut corrupt = a_o.clone();
+    corrupt[a_o.len() / 2] ^= 0xff;
+    fs::write(&on_server, &corrupt).unwrap();
+
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let laptop = Client::new();
+    let (report, seen) = laptop.build(Some(&cache));
+    assert_eq!(seen.ran, set(&["libab/a.o"]), "{report:#?}");
+    assert_eq!(report.remote_hits, 5);
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("corrupt") && warnings[0].contains(&name), "{warnings:?}");
+    assert_eq!(fs::read(laptop.output("libab/a.o")).unwrap(), a_o, "the rebuilt object is the right one");
+    assert_eq!(laptop.run_app(), APP_OUTPUT);
+    // Nothing corrupt entered the local store.
+    assert!(laptop.store.verify(false).unwrap().is_clean());
+    // The writer re-uploaded the right bytes over the corrupt ones.
+    assert_eq!(fs::read(&on_server).unwrap(), a_o);
+}
+
+#[test]
+fn a_forged_action_entry_is_ignored() {
+    let Some((server, ci)) = filled() else { return };
+    // Point a.o's entry at c.o's blob (a real blob, with valid hashes) and
+    // sign it with another secret.
+    let (a_file, mut a_entry) = ac_doc_for(&server, "/kraft/build/libab/a.o");
+    let (_, c_entry) = ac_doc_for(&server, "/kraft/build/app/c.o");
+    let c_out = c_entry["entry"]["outputs"][0].clone();
+    for field in ["blake3", "sha256", "size"] {
+        a_entry["entry"]["outputs"][0][field] = c_out[field].clone();
+    }
+    let payload = a_entry.to_string();
+    let key = a_file.file_name().unwrap();
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"not-the-team-secret").unwrap();
+    mac.update(b"kraft-xtask remote ac v1\0");
+    mac.update(key.as_bytes());
+    mac.update(b"\0");
+    mac.update(payload.as_bytes());
+    let mac: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let forged = serde_json::json!({ "version": 1, "payload": payload, "mac": mac });
+    fs::write(&a_file, forged.to_string()).unwrap();
+    // And b.o's entry: tampered payload, original MAC kept.
+    let (b_file, _) = ac_doc_for(&server, "/kraft/build/libab/b.o");
+    let mut b_doc: serde_json::Value = serde_json::from_slice(&fs::read(&b_file).unwrap()).unwrap();
+    let tampered = b_doc["payload"].as_str().unwrap().replace(&ci_blake3(&ci, "libab/b.o"), c_out["blake3"].as_str().unwrap());
+    b_doc["payload"] = tampered.into();
+    fs::write(&b_file, b_doc.to_string()).unwrap();
+
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let laptop = Client::new();
+    let (report, seen) = laptop.build(Some(&cache));
+    assert_eq!(seen.ran, set(&["libab/a.o", "libab/b.o"]), "{report:#?}");
+    assert_eq!(laptop.run_app(), APP_OUTPUT);
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "one warning per build: {warnings:?}");
+    assert!(warnings[0].contains("not signed"), "{warnings:?}");
+}
+
+fn ci_blake3(client: &Client, output: &str) -> String {
+    blake3::hash(&fs::read(client.output(output)).unwrap()).to_hex().to_string()
+}
+
+#[test]
+fn a_client_without_the_secret_neither_reads_nor_writes() {
+    let Some((server, _ci)) = filled() else { return };
+    let ac = server.files("ac");
+    let cas = server.files("cas");
+    let requests = server.requests().len();
+
+    let (cache, warnings) = remote(&server, None);
+    let outsider = Client::new();
+    let (report, seen) = outsider.build(Some(&cache));
+    assert_eq!(seen.ran.len(), 6, "nothing is trusted without the secret");
+    assert_eq!((report.remote_hits, report.remote_uploads), (0, 0));
+    assert_eq!(*warnings.lock().unwrap(), vec![NO_SECRET_WARNING.to_string()]);
+    assert_eq!(server.files("ac"), ac);
+    assert_eq!(server.files("cas"), cas);
+    assert_eq!(server.requests().len(), requests, "not a single request: {:#?}", server.requests());
+    assert_eq!(outsider.run_app(), APP_OUTPUT);
+}
+
+#[test]
+fn a_read_only_client_reads_and_never_writes() {
+    let Some(server) = Nginx::start() else { return };
+    // Empty server: builds everything, uploads nothing.
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let cache = cache.read_only(true);
+    let laptop = Client::new();
+    let (report, _) = laptop.build(Some(&cache));
+    assert_eq!((report.run, report.remote_uploads), (6, 0));
+    assert_eq!(server.puts(), 0, "{:#?}", server.requests());
+    assert!(server.files("ac").is_empty() && server.files("cas").is_empty());
+    assert!(warnings.lock().unwrap().is_empty());
+
+    // Filled by CI: reads everything.
+    let (writer, _) = remote(&server, Some(SECRET));
+    Client::new().build(Some(&writer));
+    let puts = server.puts();
+    let other = Client::new();
+    let (report, _) = other.build(Some(&cache));
+    assert_eq!((report.run, report.remote_hits), (0, 6));
+    assert_eq!(server.puts(), puts);
+    for compile in COMPILES {
+        assert!(other.output(compile).is_file());
+    }
+}

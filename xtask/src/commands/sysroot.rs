@@ -1,0 +1,133 @@
+//! `cargo xtask sysroot musl [--source DIR] [--out DIR]`: upstream musl
+//! (recipe `musl-upstream`) built through the engine and laid out as a
+//! static sysroot.
+//!
+//! The source is `--source DIR` (mounted read-only as is), or the recipe's
+//! release tarball: fetched with [`Fetcher::archive`] (KRAFT_ARCHIVE_DIR,
+//! mirrors, store, URL; verified by sha256) and unpacked once into a store
+//! tree (`<store>/unpacked/<sha256>` remembers which).
+//!
+//! Layout below the work dir (default `target/kraft/musl/`): `build/` (the
+//! make build dir), `state.json` (the executor's state), `sysroot/`
+//! (`--out` overrides it).
+
+use anyhow::Context;
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::exec::{execute, BuildReport, ExecContext};
+use crate::fetch::Fetcher;
+use crate::graph::ActionKind;
+use crate::lock::LockedArchive;
+use crate::plan::Plan;
+use crate::plan_make::{self, MakePlanInput};
+use crate::recipe::{ComponentKind, Recipe, RecipeBook};
+use crate::sandbox::Sandbox;
+use crate::session::Session;
+use crate::store::Store;
+
+pub const MUSL_RECIPE: &str = "musl-upstream";
+
+/// Where and how to build.
+#[derive(Debug, Clone)]
+pub struct SysrootOptions {
+    /// A local source tree instead of the recipe's tarball.
+    pub source: Option<Utf8PathBuf>,
+    /// Holds `build/` and `state.json`.
+    pub work: Utf8PathBuf,
+    /// The sysroot (replaced).
+    pub out: Utf8PathBuf,
+    pub jobs: usize,
+}
+
+/// What a sysroot build did.
+#[derive(Debug, Clone)]
+pub struct SysrootBuild {
+    pub sysroot: Utf8PathBuf,
+    pub source: Utf8PathBuf,
+    pub build: Utf8PathBuf,
+    pub plan: Plan,
+    pub report: BuildReport,
+}
+
+impl SysrootBuild {
+    /// Compile actions in the graph.
+    pub fn compile_actions(&self) -> usize {
+        self.plan.graph.actions.iter().filter(|a| a.kind == ActionKind::Compile).count()
+    }
+}
+
+/// The recipe's first archive, in the store, unpacked into a store tree;
+/// returns the tree's single top-level directory (`musl-1.2.3/`).
+pub fn unpacked_archive(fetcher: &Fetcher<'_>, recipe: &Recipe) -> anyhow::Result<Utf8PathBuf> {
+    let spec = recipe.file.archive.first().with_context(|| format!("recipe {} names no archive", recipe.name()))?;
+    let locked = LockedArchive { name: spec.name.clone(), url: spec.url.clone(), sha256: spec.sha256.clone() };
+    let store: &Store = fetcher.store;
+    let record = store.root().join("unpacked").join(&spec.sha256);
+    let top = |tree: &Utf8Path| -> anyhow::Result<Utf8PathBuf> {
+        Ok(crate::archive::single_top_level_dir(tree)?.unwrap_or_else(|| tree.to_owned()))
+    };
+    if let Ok(hash) = std::fs::read_to_string(&record) {
+        let hash = hash.trim();
+        if store.has_tree(hash) {
+            return top(&store.tree_path(hash));
+        }
+    }
+    let archive = fetcher.archive(&locked)?;
+    let staging = store.staging_dir()?;
+    let staged = Utf8Path::from_path(staging.path()).context("non-UTF-8 staging path")?.join("tree");
+    std::fs::create_dir(&staged)?;
+    crate::archive::unpack_tar_gz(&archive, &staged)?;
+    let hash = store.insert_tree(&staged, None, archive.as_str())?;
+    std::fs::create_dir_all(record.parent().unwrap())?;
+    crate::lock::write_atomic(&record, &hash)?;
+    top(&store.tree_path(&hash))
+}
+
+/// Plan, execute, install. `fetcher` is only used without `opts.source`.
+pub fn build_musl(fetcher: &Fetcher<'_>, recipes: &RecipeBook, opts: &SysrootOptions) -> anyhow::Result<SysrootBuild> {
+    let recipe = recipes.get(MUSL_RECIPE, ComponentKind::Library);
+    let source = match &opts.source {
+        Some(dir) => dir.canonicalize_utf8().with_context(|| format!("--source {dir}"))?,
+        None => unpacked_archive(fetcher, &recipe)?,
+    };
+    let build = opts.work.join("build");
+    let input = MakePlanInput::from_recipe(&recipe, &source, &build)?;
+    let store = fetcher.store;
+    let plan = plan_make::plan(&input, Some(&store.root().join("plans")))?;
+    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?;
+    let mut ctx = ExecContext::new(&sandbox, store, opts.work.join("state.json"));
+    ctx.jobs = opts.jobs.max(1);
+    let report = execute(&plan.graph, &ctx)?;
+    plan_make::install_musl_sysroot(&source, &build, &opts.out)?;
+    Ok(SysrootBuild { sysroot: opts.out.clone(), source, build, plan, report })
+}
+
+/// The CLI: `sysroot musl`.
+pub fn run(session: &Session, component: &str, source: Option<&Utf8Path>, out: Option<&Utf8Path>) -> anyhow::Result<()> {
+    if component != "musl" {
+        anyhow::bail!("unknown sysroot component `{component}` (known: musl)");
+    }
+    let work = session.workspace.target_dir.join("kraft").join("musl");
+    let opts = SysrootOptions {
+        source: source.map(Utf8Path::to_owned),
+        out: out.map(Utf8Path::to_owned).unwrap_or_else(|| work.join("sysroot")),
+        work,
+        jobs: session.jobs,
+    };
+    let fetcher = session.fetcher();
+    let built = build_musl(&fetcher, &session.recipes, &opts)?;
+    let r = &built.report;
+    println!(
+        "musl sysroot at {}: {} actions ({} compiles), {} run, {} restored, {} up to date, plan {} in {:.2}s, build {:.2}s",
+        built.sysroot,
+        r.total,
+        built.compile_actions(),
+        r.run,
+        r.restored,
+        r.up_to_date,
+        if built.plan.cached { "cached" } else { "made" },
+        built.plan.elapsed.as_secs_f64(),
+        r.duration.as_secs_f64()
+    );
+    Ok(())
+}
