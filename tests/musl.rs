@@ -133,7 +133,17 @@ fn upstream_musl_sysroot() {
     sh("rm -f config.mak", &src); // the in-tree configure of step 2
     let local = SysrootOptions { source: Some(src.clone()), work: root.join("work2"), out: root.join("sysroot2"), jobs: 2 };
     let warm = build_musl(&fetcher, &recipes, &local).unwrap();
-    assert_eq!(warm.report.run, 0, "fresh dir, warm store: {:?}", warm.report);
+    let ran_log = |work: &str| -> Vec<String> {
+        let state = kraft_xtask::state::BuildState::load(&root.join(work).join("state.json"));
+        state
+            .last_build
+            .entries
+            .iter()
+            .filter(|e| e.outcome == kraft_xtask::state::Outcome::Ran)
+            .map(|e| format!("{} ({})", e.name, e.reason))
+            .collect()
+    };
+    assert_eq!(warm.report.run, 0, "fresh dir, warm store ran: {:?}", ran_log("work2"));
     assert_eq!(warm.report.restored, warm.report.total);
 
     // 6. Edit one source: exactly one compile runs (then the archive).

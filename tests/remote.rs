@@ -389,3 +389,101 @@ fn a_read_only_client_reads_and_never_writes() {
         assert!(other.output(compile).is_file());
     }
 }
+
+// ------------------------------------------------ cache verify / cache gc
+
+fn set_age(path: &Utf8Path, days: u64) {
+    let t = std::time::SystemTime::now() - Duration::from_secs(days * 24 * 3600);
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
+}
+
+/// The local `ac/` entry file of `output`, and its blob's name.
+fn local_entry_for(client: &Client, output: &str) -> (Utf8PathBuf, String) {
+    let blake3 = ci_blake3(client, output);
+    for entry in walkdir::WalkDir::new(client.store.root().join("ac")).min_depth(2) {
+        let path = Utf8PathBuf::from_path_buf(entry.unwrap().path().to_owned()).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        if text.contains("\"type\":\"entry\"") && text.contains(&blake3) {
+            return (path, blake3);
+        }
+    }
+    panic!("no local entry for {output}");
+}
+
+#[test]
+fn verify_checks_action_cache_entries_and_their_blobs() {
+    use kraft_xtask::cache::ActionCache;
+    let client = Client::new();
+    client.build(None);
+    let ac = ActionCache::new(&client.store);
+    let clean = ac.verify(false).unwrap();
+    assert!(clean.is_clean(), "{clean:?}");
+    assert_eq!((clean.entries_checked, clean.manifests_checked), (6, 3));
+
+    let (entry, blob) = local_entry_for(&client, "libab/a.o");
+    let blob_path = client.store.blob_path(&blob);
+    fs::set_permissions(blob_path.parent().unwrap(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::remove_file(&blob_path).unwrap();
+    let garbage = client.store.root().join("ac/zz/not-a-hash");
+    fs::create_dir_all(garbage.parent().unwrap()).unwrap();
+    fs::write(&garbage, "{").unwrap();
+    let report = ac.verify(true).unwrap();
+    let bad: Vec<&Utf8PathBuf> = report.problems.iter().map(|(p, _)| p).collect();
+    assert_eq!(bad, vec![&entry, &garbage], "{report:?}");
+    assert!(!entry.exists() && !garbage.exists());
+    assert!(ac.verify(false).unwrap().is_clean());
+}
+
+#[test]
+fn gc_keeps_locked_sources_and_recent_entries_and_honours_max_size() {
+    use kraft_xtask::cache::{collect_garbage, GcOptions};
+    let client = Client::new();
+    client.build(None);
+    let store = &client.store;
+    // Two source trees; only one is locked.
+    let mut trees = Vec::new();
+    for text in ["kept", "unlocked"] {
+        let staged = store.staging_dir().unwrap();
+        let dir = Utf8Path::from_path(staged.path()).unwrap();
+        fs::write(dir.join("README"), text).unwrap();
+        trees.push(store.insert_tree(dir, None, "test").unwrap());
+    }
+    let no_grace = GcOptions { grace: Duration::ZERO, ..GcOptions::default() };
+    let keep = GcOptions { keep_trees: [trees[0].clone()].into(), ..no_grace.clone() };
+
+    // Dry run: reports, removes nothing.
+    let dry = collect_garbage(store, &GcOptions { dry_run: true, ..keep.clone() }).unwrap();
+    assert_eq!((dry.removed_trees, dry.removed_entries, dry.removed_blobs), (1, 0, 0));
+    assert!(store.has_tree(&trees[1]));
+
+    // An entry unused for 40 days goes, with the blob only it named.
+    let (old_entry, old_blob) = local_entry_for(&client, "app/app");
+    set_age(&old_entry, 40);
+    let r = collect_garbage(store, &keep).unwrap();
+    assert_eq!((r.removed_trees, r.removed_entries, r.removed_blobs), (1, 1, 1), "{r:?}");
+    assert!(store.has_tree(&trees[0]) && !store.has_tree(&trees[1]));
+    assert!(!old_entry.exists() && !store.has_blob(&old_blob));
+
+    // Over --max-size: the least recently used entry goes first.
+    let (lru_entry, lru_blob) = local_entry_for(&client, "libab/a.o");
+    set_age(&lru_entry, 10);
+    let budget = r.kept_bytes - 1;
+    let r = collect_garbage(store, &GcOptions { max_size: Some(budget), ..keep.clone() }).unwrap();
+    assert_eq!((r.removed_entries, r.removed_blobs), (1, 1), "{r:?}");
+    assert!(!lru_entry.exists() && !store.has_blob(&lru_blob));
+    assert!(!r.over_budget && r.kept_bytes <= budget);
+
+    // A client sharing the store rebuilds exactly what gc evicted.
+    let mut other = Client::new();
+    other.store = store.clone();
+    let (_, seen) = other.build(None);
+    assert_eq!(seen.ran, set(&["libab/a.o", "app/app"]));
+    assert_eq!(other.run_app(), APP_OUTPUT);
+
+    // A budget below the locked sources: everything else goes; over budget.
+    let r = collect_garbage(store, &GcOptions { max_size: Some(1), ..keep }).unwrap();
+    assert!(r.over_budget);
+    assert!(store.has_tree(&trees[0]));
+    assert!(kraft_xtask::cache::ActionCache::new(store).verify(false).unwrap().entries_checked == 0);
+}

@@ -332,6 +332,11 @@ impl Shared<'_> {
                 }
                 candidates.push(self.hash_all(&paths)?);
             }
+            // A depfile naming no header under the sandbox root (a source
+            // including nothing) leaves no manifest entry: try the empty set.
+            if !candidates.iter().any(|c| c.is_empty()) {
+                candidates.push(Vec::new());
+            }
         } else {
             candidates.push(Vec::new());
         }

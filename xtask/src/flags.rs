@@ -34,6 +34,10 @@ pub struct Global {
     /// `human` (plain lines) or `json` (one object per event).
     #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
     pub message_format: MessageFormat,
+    /// Shared cache speaking bazel-remote's HTTP protocol [default: $KRAFT_REMOTE_CACHE,
+    /// else `remote-cache` in [workspace.metadata.kraft]]. Needs KRAFT_CACHE_SECRET.
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote_cache: Option<String>,
     /// Parallel jobs [default: number of cores].
     #[arg(short = 'j', long, global = true)]
     pub jobs: Option<usize>,
@@ -57,6 +61,32 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Inspect and maintain the store.
     Cache(CacheArgs),
+    /// Build a standalone sysroot (upstream musl) through the engine.
+    Sysroot(SysrootArgs),
+    /// Time our builds against make on the same trees (see `commands::bench`).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SysrootArgs {
+    /// The component: `musl` (recipe `musl-upstream`).
+    pub component: String,
+    /// Build this source tree instead of the recipe's release tarball.
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<Utf8PathBuf>,
+    /// Where the sysroot goes [default: target/kraft/musl/sysroot].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<Utf8PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Runs per scenario (ours and baseline alternately).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Only scenarios whose name contains this (`musl/`, `uk/no-op`).
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -129,4 +159,22 @@ pub enum CacheCommand {
     Stats,
     /// Rehash the store; report and remove corrupt entries.
     Verify,
+    /// Remove what recent locks and recent builds do not need.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// kraft.lock files whose sources to keep (besides those under the apps directory).
+    #[arg(long = "lock", value_name = "FILE")]
+    pub locks: Vec<Utf8PathBuf>,
+    /// Then evict least recently used action-cache entries down to this size (`500MiB`, `2GiB`, bytes).
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Keep action-cache entries used within this many days.
+    #[arg(long, default_value_t = 30)]
+    pub max_age_days: u64,
+    /// Say what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -21,6 +21,7 @@
 //! | `fetch`     | bring locked sources into the store, verified                  |
 
 pub mod archive;
+pub mod bench;
 pub mod cache;
 pub mod diag;
 pub mod exec;

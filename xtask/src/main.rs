@@ -39,5 +39,10 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         Command::Run(args) => commands::run::run(&session, args),
         Command::Graph(args) => commands::graph::run(&session, args),
         Command::Explain(args) => commands::explain::run(&session, args),
+        Command::Sysroot(args) => commands::sysroot::run(&session, &args.component, args.source.as_deref(), args.out.as_deref()),
+        Command::Bench(args) => {
+            let opts = commands::bench::BenchOptions { runs: args.runs.max(1), filter: args.filter.clone(), jobs: session.jobs };
+            commands::bench::run(&session, &opts).map(drop)
+        }
     }
 }

@@ -328,6 +328,8 @@ struct Inner {
 /// Why a request did not produce a body.
 enum Fetch {
     Missing,
+    /// Larger than the caller's limit: bad content, not a bad server.
+    TooBig,
     Failed,
 }
 
@@ -381,6 +383,7 @@ impl Inner {
             Ok(mut response) => match response.status().as_u16() {
                 200 => match response.body_mut().with_config().limit(limit).read_to_vec() {
                     Ok(bytes) => Ok(bytes),
+                    Err(ureq::Error::BodyExceedsLimit(_)) => Err(Fetch::TooBig),
                     Err(e) => {
                         self.fail(&format!("GET /{kind}/{name}"), &e.to_string());
                         Err(Fetch::Failed)
@@ -539,7 +542,14 @@ impl RemoteTier {
             return None;
         }
         let limit = size.map(|s| s + 1).unwrap_or(self.inner.options.max_blob_bytes);
-        let bytes = self.inner.get("cas", sha256, limit).ok()?;
+        let bytes = match self.inner.get("cas", sha256, limit) {
+            Ok(bytes) => bytes,
+            Err(Fetch::TooBig) => {
+                self.discard_blob(sha256, "it is larger than the entry says");
+                return None;
+            }
+            Err(_) => return None,
+        };
         let actual = hex(&Sha256::digest(&bytes));
         if actual != sha256 || size.is_some_and(|s| s != bytes.len() as u64) {
             self.discard_blob(sha256, &format!("its SHA-256 is {actual}"));

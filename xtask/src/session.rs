@@ -22,6 +22,8 @@ pub struct Session {
     pub jobs: usize,
     pub output: Output,
     pub kraftfile: Option<Utf8PathBuf>,
+    /// The shared cache, if configured (flag > KRAFT_REMOTE_CACHE > workspace).
+    pub remote: Option<crate::remote::RemoteCache>,
 }
 
 impl Session {
@@ -43,6 +45,8 @@ impl Session {
             jobs: global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             output: Output::new(global.message_format),
             kraftfile: global.kraftfile.clone(),
+            remote: crate::remote::RemoteCache::from_env(global.remote_cache.as_deref(), workspace.metadata.remote_cache.as_deref())
+                .map(|r| r.with_warnings(|message| eprintln!("warning: {message}"))),
             workspace,
         })
     }

@@ -157,6 +157,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let mut ctx = ExecContext::new(&sandbox, &session.store, state_path.clone());
     ctx.jobs = session.jobs;
     ctx.events = &progress;
+    ctx.remote = session.remote.as_ref();
     let result = exec::execute(&plan.graph, &ctx);
     if output.terminal && !output.is_json() {
         eprint!("\r\x1b[2K");
@@ -235,7 +236,7 @@ fn report(session: &Session, build: &TargetBuild) {
             "reason": "target-finished", "target": build.target, "image": build.image, "dbg": build.dbg,
             "plan_cached": build.plan_cached, "make_runs": build.make_runs,
             "actions": r.total, "run": r.run, "restored": r.restored, "up_to_date": r.up_to_date,
-            "files_hashed": r.files_hashed, "units": units, "seconds": build.wall.as_secs_f64(),
+            "files_hashed": r.files_hashed, "remote_hits": r.remote_hits, "remote_uploads": r.remote_uploads, "units": units, "seconds": build.wall.as_secs_f64(),
         }));
         return;
     }
@@ -251,12 +252,13 @@ fn report(session: &Session, build: &TargetBuild) {
     session.output.status(
         "Finished",
         &format!(
-            "{} in {:.2}s: {} actions: {} run, {} from cache, {} up to date ({} fresh units); plan {}",
+            "{} in {:.2}s: {} actions: {} run, {} from cache ({} remote), {} up to date ({} fresh units); plan {}",
             build.target,
             build.wall.as_secs_f64(),
             r.total,
             r.run,
             r.restored,
+            r.remote_hits,
             r.up_to_date,
             fresh_units,
             if build.plan_cached { "cached (make not run)".to_string() } else { format!("made ({} make runs)", build.make_runs) }

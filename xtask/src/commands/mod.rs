@@ -1,5 +1,7 @@
 //! One module per command; `main.rs` only dispatches.
 
+pub mod bench;
+pub mod bench_unikraft;
 pub mod build;
 pub mod cache;
 pub mod explain;

@@ -1,0 +1,214 @@
+//! The Unikraft scenarios of `cargo xtask bench` (see `commands::bench`):
+//! helloworld (main.c of app-helloworld) with lib-musl, Unikraft 0.16.3,
+//! qemu/x86_64, built by `commands::build::build_app` with a private store,
+//! against Unikraft's own `make -j<jobs>` on checkouts in a temp dir with the
+//! `.config` our planner produced and the musl tarball pre-placed (as the
+//! planner does, so neither side downloads anything).
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8Path;
+
+use crate::bench::{measure, Scenario, ScenarioResult, Side};
+use crate::commands::bench::BenchOptions;
+use crate::flags::Global;
+use crate::recipe::ComponentKind;
+use crate::session::Session;
+
+const VERSION: &str = "0.16.3";
+
+fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
+    let out = Command::new("bash").arg("-c").arg(script).current_dir(cwd).output()?;
+    if !out.status.success() {
+        bail!(
+            "`{script}` in {cwd} failed ({}):\n{}{}",
+            out.status,
+            crate::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
+            crate::plan::tail(&String::from_utf8_lossy(&out.stderr), 30)
+        );
+    }
+    Ok(())
+}
+
+fn kraftfile(name: &str, loglevel: &str) -> String {
+    format!(
+        "spec: v0.6\n\nname: {name}\n\nunikraft:\n  version: {VERSION}\n  kconfig:\n    CONFIG_LIBUKPRINT_LOGLEVEL: {loglevel}\n\nlibraries:\n  musl: {VERSION}\n\ntargets:\n  - qemu/x86_64\n"
+    )
+}
+
+/// The app: helloworld's main.c, Makefile.uk and Config.uk, our Kraftfile.
+fn write_app(dir: &Utf8Path, upstream: &Utf8Path, name: &str, loglevel: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("Kraftfile"), kraftfile(name, loglevel))?;
+    for f in ["main.c", "Makefile.uk", "Config.uk"] {
+        if upstream.join(f).is_file() {
+            std::fs::copy(upstream.join(f), dir.join(f))?;
+        }
+    }
+    Ok(())
+}
+
+fn mirror_clone(session: &Session, repo: &str, rev: &str, dest: &Utf8Path) -> Result<()> {
+    let url = format!("https://github.com/unikraft/{repo}.git");
+    let location = session.mirrors.rewrite(&url);
+    if dest.exists() {
+        std::fs::remove_dir_all(dest)?;
+    }
+    sh(&format!("git clone -q {} {dest} && git -C {dest} checkout -q {rev}", location.as_git_arg()), Utf8Path::new("/"))
+}
+
+pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, results: &mut Vec<ScenarioResult>, log: &dyn Fn(&str)) -> Result<()> {
+    if root.exists() {
+        std::fs::remove_dir_all(root)?;
+    }
+    std::fs::create_dir_all(root)?;
+    let root = root.canonicalize_utf8()?;
+    let jobs = opts.jobs;
+    // Sources for the baseline and the app's main.c.
+    let co = root.join("checkout");
+    mirror_clone(session, "unikraft", &format!("RELEASE-{VERSION}"), &co.join("unikraft"))?;
+    mirror_clone(session, "lib-musl", &format!("RELEASE-{VERSION}"), &co.join("libs/musl"))?;
+    mirror_clone(session, "app-helloworld", "staging", &root.join("app-helloworld"))?;
+    let musl_recipe = session.recipes.get("musl", ComponentKind::Library);
+    let tarball_spec = musl_recipe.file.archive.first().context("musl recipe names no archive")?.clone();
+    let tarball = session.fetcher().archive(&crate::lock::LockedArchive {
+        name: tarball_spec.name.clone(),
+        url: tarball_spec.url.clone(),
+        sha256: tarball_spec.sha256.clone(),
+    })?;
+
+    let store_dir = root.join("store");
+    let app1 = root.join("apps/helloworld");
+    let app2 = root.join("apps/hellotwo");
+    write_app(&app1, &root.join("app-helloworld"), "helloworld", "3")?;
+    write_app(&app2, &root.join("app-helloworld"), "hellotwo", "3")?;
+    let session_for = || -> Result<Session> {
+        let global = Global { store: Some(store_dir.clone()), jobs: Some(jobs), ..Global::default() };
+        Session::new(session.workspace.clone(), &global)
+    };
+    let ours = |app: &Utf8Path| -> Result<crate::commands::build::TargetBuild> {
+        let s = session_for()?;
+        let (_, mut builds) = crate::commands::build::build_app(&s, app.as_str(), Some("qemu/x86_64"))?;
+        builds.pop().context("no target built")
+    };
+    let out_of = |name: &str| session.workspace.output_dir(name, "qemu-x86_64");
+    // Baseline tree: checkout + app + build dir with our .config and the tarball.
+    let base = root.join("base");
+    let base_app = |name: &str| base.join("apps").join(name);
+    let base_build = base.join("build");
+    let config_of = |name: &str| -> Result<String> {
+        let p = out_of(name).join("build/.config");
+        std::fs::read_to_string(&p).with_context(|| format!("reading our .config at {p}"))
+    };
+    let prepare_base = |name: &str, app: &Utf8Path| -> Result<()> {
+        if base.exists() {
+            std::fs::remove_dir_all(&base)?;
+        }
+        crate::plan::copy_tree(&co, &base)?;
+        crate::plan::copy_tree(app, &base_app(name))?;
+        std::fs::create_dir_all(base_build.join("libmusl"))?;
+        std::fs::copy(&tarball, base_build.join("libmusl").join(&tarball_spec.name))?;
+        std::fs::write(base_build.join(".config"), config_of(name)?)?;
+        Ok(())
+    };
+    let make = |name: &str| -> Result<()> {
+        sh(
+            &format!(
+                "make -C {}/unikraft A={} L={}/libs/musl O={b} C={b}/.config -j{jobs} >/dev/null 2>&1 </dev/null || make -C {}/unikraft A={} L={}/libs/musl O={b} C={b}/.config -j1",
+                base, base_app(name), base, base, base_app(name), base, b = base_build
+            ),
+            &base,
+        )
+    };
+    let wipe_ours = |name: &str| -> Result<()> {
+        let out = out_of(name);
+        if out.exists() {
+            std::fs::remove_dir_all(&out)?;
+        }
+        Ok(())
+    };
+    let set_loglevel = |dir: &Utf8Path, name: &str, level: &str| std::fs::write(dir.join("Kraftfile"), kraftfile(name, level));
+    let edit_main = |dir: &Utf8Path, i: usize, side: &str| -> Result<()> {
+        let mut t = std::fs::read_to_string(dir.join("main.c"))?;
+        t.push_str(&format!("\nint kraft_bench_{side}_{i}(void) {{ return {i}; }}\n"));
+        std::fs::write(dir.join("main.c"), t)?;
+        Ok(())
+    };
+    // One untimed build of ours first: the baseline needs our .config.
+    ours(&app1)?;
+
+    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| name.contains(f));
+    let mut list: Vec<Scenario<'_>> = Vec::new();
+    if want("uk/cold") {
+        list.push(Scenario {
+            name: "uk/cold".into(),
+            description: "helloworld+musl, empty store vs make on a fresh checkout".into(),
+            ours: Side::new(|_| { if store_dir.exists() { std::fs::remove_dir_all(&store_dir)?; } wipe_ours("helloworld") }, |_| ours(&app1).map(drop)),
+            baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
+        });
+    }
+    if want("uk/no-op") {
+        list.push(Scenario {
+            name: "uk/no-op".into(),
+            description: "second build".into(),
+            ours: Side::new(|_| ours(&app1).map(drop), |_| ours(&app1).map(drop)),
+            baseline: Side::new(|_| Ok(()), |_| make("helloworld")),
+        });
+    }
+    if want("uk/printk-flip") {
+        list.push(Scenario {
+            name: "uk/printk-flip".into(),
+            description: "CONFIG_LIBUKPRINT_LOGLEVEL flipped".into(),
+            ours: Side::new(|i| set_loglevel(&app1, "helloworld", if i % 2 == 0 { "4" } else { "3" }).map_err(Into::into), |_| ours(&app1).map(drop)),
+            baseline: Side::new(
+                |i| {
+                    let level = if i % 2 == 0 { "4" } else { "3" };
+                    let cfg = std::fs::read_to_string(base_build.join(".config"))?;
+                    let cfg: String = cfg.lines().map(|l| if l.starts_with("CONFIG_LIBUKPRINT_LOGLEVEL=") { format!("CONFIG_LIBUKPRINT_LOGLEVEL={level}\n") } else { format!("{l}\n") }).collect();
+                    std::fs::write(base_build.join(".config"), cfg)?;
+                    Ok(())
+                },
+                |_| make("helloworld"),
+            ),
+        });
+    }
+    if want("uk/edit-main") {
+        list.push(Scenario {
+            name: "uk/edit-main".into(),
+            description: "a function appended to the app's main.c".into(),
+            ours: Side::new(|i| edit_main(&app1, i, "ours"), |_| ours(&app1).map(drop)),
+            baseline: Side::new(|i| edit_main(&base_app("helloworld"), i, "base"), |_| make("helloworld")),
+        });
+    }
+    if want("uk/warm-fresh") {
+        list.push(Scenario {
+            name: "uk/warm-fresh".into(),
+            description: "fresh output dir, warm store vs make on a fresh checkout".into(),
+            ours: Side::new(|_| wipe_ours("helloworld"), |_| ours(&app1).map(drop)),
+            baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
+        });
+    }
+    if want("uk/second-app") {
+        list.push(Scenario {
+            name: "uk/second-app".into(),
+            description: "another app name, same core/musl/kconfig, warm store".into(),
+            ours: Side::new(|_| wipe_ours("hellotwo"), |_| ours(&app2).map(drop)),
+            baseline: Side::new(
+                |_| {
+                    prepare_base("helloworld", &app1)?;
+                    crate::plan::copy_tree(&app2, &base_app("hellotwo"))?;
+                    let cfg = config_of("helloworld")?.replace("CONFIG_UK_NAME=\"helloworld\"", "CONFIG_UK_NAME=\"hellotwo\"");
+                    std::fs::write(base_build.join(".config"), cfg)?;
+                    Ok(())
+                },
+                |_| make("hellotwo"),
+            ),
+        });
+    }
+    for s in &mut list {
+        log(&format!("{}: {}", s.name, s.description));
+        results.push(measure(s, opts.runs, log)?);
+    }
+    Ok(())
+}
