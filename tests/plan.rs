@@ -143,6 +143,12 @@ fn fixture_plan_cache_and_run() {
     assert_eq!(second.make_runs, 0);
     assert_eq!(second.key, first.key);
     assert_eq!(second.graph, first.graph);
+    assert!(ws.root.join("build/junk").exists(), "a build dir prepared for this plan is left alone");
+
+    // A build dir prepared for another plan (or never) is reset from the cache.
+    std::fs::remove_file(ws.root.join("build/.kraft-plan")).unwrap();
+    let third = plan::plan(&ws.input, Some(&cache)).unwrap();
+    assert!(third.cached && third.make_runs == 0);
     assert!(!ws.root.join("build/junk").exists(), "build dir restored to the prepared state");
 
     // A kconfig change changes the key.
@@ -269,4 +275,42 @@ fn real_unikraft_helloworld() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(stdout.contains("Hello world!"));
+}
+
+/// Steps that patch the image in place fold into the step that wrote it, so
+/// one action owns the file and a no-op build has nothing to redo.
+#[test]
+fn in_place_steps_fold_into_their_producer() {
+    use kraft_xtask::graph::{Action, ActionId, Graph};
+    let p = |s: &str| Utf8PathBuf::from(s);
+    let action = |id: usize, name: &str, kind: ActionKind, inputs: &[&str], outputs: &[&str], deps: &[usize]| Action {
+        id: ActionId(id),
+        name: name.into(),
+        kind,
+        unit: "image".into(),
+        script: format!("run {name}"),
+        cwd: p("/kraft/build"),
+        inputs: inputs.iter().map(|s| p(s)).collect(),
+        outputs: outputs.iter().map(|s| p(s)).collect(),
+        depfile: None,
+        deps: deps.iter().map(|d| ActionId(*d)).collect(),
+    };
+    let graph = Graph {
+        actions: vec![
+            action(0, "app.dbg", ActionKind::Link, &["/kraft/build/a.o"], &["/kraft/build/app.dbg"], &[]),
+            action(1, "app", ActionKind::Objcopy, &["/kraft/build/app.dbg"], &["/kraft/build/app"], &[0]),
+            action(2, "app.bootinfo", ActionKind::Objcopy, &["/kraft/build/app"], &["/kraft/build/app.bootinfo", "/kraft/build/app"], &[1]),
+            action(3, "script:1", ActionKind::Script, &["/kraft/build/app"], &["/kraft/build/app"], &[0, 2]),
+            action(4, "script:2", ActionKind::Script, &["/kraft/build/app.dbg"], &["/kraft/build/gdb.py"], &[3]),
+        ],
+    };
+    let merged = plan::merge_in_place(graph);
+    let names: Vec<&str> = merged.actions.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["app.dbg", "app", "script:2"]);
+    let image = &merged.actions[1];
+    assert_eq!(image.script, "{ { run app\n} && { run app.bootinfo\n}\n} && { run script:1\n}");
+    assert_eq!(image.outputs, vec![p("/kraft/build/app"), p("/kraft/build/app.bootinfo")]);
+    assert_eq!(image.inputs, vec![p("/kraft/build/app.dbg")]);
+    assert_eq!(merged.actions[2].deps, vec![ActionId(1)], "dependents of folded steps depend on the owner");
+    assert!(merged.actions.iter().enumerate().all(|(i, a)| a.id.0 == i));
 }

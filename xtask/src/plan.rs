@@ -42,7 +42,7 @@ use crate::graph::{Action, ActionId, ActionKind, Graph, SANDBOX_ROOT};
 use crate::sandbox::{Mount, Sandbox};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
-pub const PLAN_FORMAT: u32 = 2;
+pub const PLAN_FORMAT: u32 = 3;
 
 pub fn inside_core() -> Utf8PathBuf {
     Utf8PathBuf::from(format!("{SANDBOX_ROOT}/unikraft"))
@@ -990,7 +990,82 @@ fn build_graph(raws: Vec<Raw>, sandbox: &Sandbox, rules: &[UnitRule]) -> Graph {
             since_barrier.push(id);
         }
     }
-    Graph { actions }
+    merge_in_place(Graph { actions })
+}
+
+/// Fold steps that rewrite another action's output in place (Unikraft's
+/// `objcopy --update-section .uk_bootinfo` and `multiboot.py` on the stripped
+/// image) into the action that produced it. Otherwise two actions would own
+/// one file: the producer's record would never match the file on disk, and a
+/// no-op build would restore and re-patch the image every time. A step is
+/// folded only when everything else it waits for was already done before
+/// the producer, so the merged action runs at the same point in the order.
+pub fn merge_in_place(graph: Graph) -> Graph {
+    let mut actions = graph.actions;
+    // Map from old id to the id it was folded into (or itself).
+    let mut owner: Vec<usize> = (0..actions.len()).collect();
+    let mut removed = vec![false; actions.len()];
+    let mut producer: HashMap<Utf8PathBuf, usize> = HashMap::new();
+    for b in 0..actions.len() {
+        let in_place: Vec<Utf8PathBuf> =
+            actions[b].outputs.iter().filter(|o| actions[b].inputs.contains(o)).cloned().collect();
+        let target = in_place.iter().filter_map(|p| producer.get(p).copied()).map(|a| owner[a]).max();
+        if let Some(a) = target {
+            let other_deps_done_before = actions[b].deps.iter().map(|d| owner[d.0]).all(|d| d == a || d < a);
+            if other_deps_done_before && actions[a].kind != ActionKind::Compile {
+                let step = std::mem::replace(&mut actions[b].script, String::new());
+                let merged = format!("{{ {}\n}} && {{ {}\n}}", actions[a].script.trim_end(), step.trim_end());
+                actions[a].script = merged;
+                let (inputs, outputs) = (actions[b].inputs.clone(), actions[b].outputs.clone());
+                for input in inputs {
+                    if !actions[a].outputs.contains(&input) && !actions[a].inputs.contains(&input) {
+                        actions[a].inputs.push(input);
+                    }
+                }
+                for output in outputs {
+                    if !actions[a].outputs.contains(&output) {
+                        actions[a].outputs.push(output.clone());
+                    }
+                    producer.insert(output, a);
+                }
+                let extra: Vec<ActionId> = actions[b].deps.iter().map(|d| ActionId(owner[d.0])).filter(|d| d.0 != a).collect();
+                actions[a].deps.extend(extra);
+                owner[b] = a;
+                removed[b] = true;
+                continue;
+            }
+        }
+        for output in actions[b].outputs.clone() {
+            producer.insert(output, b);
+        }
+    }
+    if !removed.iter().any(|r| *r) {
+        return Graph { actions };
+    }
+    // Renumber: ids are indices.
+    let mut new_id = vec![0usize; actions.len()];
+    let mut next = 0;
+    for (old, gone) in removed.iter().enumerate() {
+        if !gone {
+            new_id[old] = next;
+            next += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(next);
+    for (old, mut action) in actions.into_iter().enumerate() {
+        if removed[old] {
+            continue;
+        }
+        let me = new_id[old];
+        action.id = ActionId(me);
+        let mut deps: Vec<ActionId> =
+            action.deps.iter().map(|d| ActionId(new_id[owner[d.0]])).filter(|d| d.0 != me).collect();
+        deps.sort();
+        deps.dedup();
+        action.deps = deps;
+        out.push(action);
+    }
+    Graph { actions: out }
 }
 
 /// Of `ids`, those no other member of `ids` (transitively) depends on.

@@ -115,8 +115,9 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     let make = |name: &str| -> Result<()> {
         sh(
             &format!(
-                "make -C {}/unikraft A={} L={}/libs/musl O={b} C={b}/.config -j{jobs} >/dev/null 2>&1 </dev/null || make -C {}/unikraft A={} L={}/libs/musl O={b} C={b}/.config -j1",
-                base, base_app(name), base, base, base_app(name), base, b = base_build
+                "make -C {base}/unikraft A={} L={base}/libs/musl O={b} C={b}/.config -j{jobs} >{base}/make.log 2>&1 </dev/null || {{ tail -n 40 {base}/make.log; exit 1; }}",
+                base_app(name),
+                b = base_build
             ),
             &base,
         )
