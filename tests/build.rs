@@ -232,3 +232,52 @@ fn git_sources_through_mirrors_build_locked() {
     let frozen = xtask(&app.ws, &app.store, &[("CI", "true")], &["--frozen", "build", "app-hello"]);
     assert_ok(&frozen);
 }
+
+#[test]
+fn two_clean_builds_in_different_places_are_bit_identical() {
+    let first = App::local();
+    let second = App::local(); // another checkout path, another store
+    let archives = fixtures().join("archives");
+    let a = xtask(&first.ws, &first.store, &[("KRAFT_ARCHIVE_DIR", archives.as_str())], &["build", "app-hello"]);
+    assert_ok(&a);
+    let env = [
+        ("KRAFT_ARCHIVE_DIR", archives.as_str()),
+        ("HOME", "/nonexistent/other-user"),
+        ("USER", "someone-else"),
+        ("LANG", "de_DE.UTF-8"),
+        ("TZ", "America/New_York"),
+        ("CFLAGS", "-O0 -g3"),
+        ("SOURCE_DATE_EPOCH", "1"),
+    ];
+    let b = xtask(&second.ws, &second.store, &env, &["build", "app-hello"]);
+    assert_ok(&b);
+    for file in ["hello_linuxu-x86_64", "hello_linuxu-x86_64.dbg"] {
+        let one = sha256_hex(&first.ws.join("target/kraft/app-hello/linuxu-x86_64").join(file));
+        let two = sha256_hex(&second.ws.join("target/kraft/app-hello/linuxu-x86_64").join(file));
+        assert_eq!(one, two, "{file} differs between two clean builds");
+    }
+    // The command that checks it does the same, and says so.
+    let out = xtask(&first.ws, &first.store, &[("KRAFT_ARCHIVE_DIR", archives.as_str())], &["build", "--check-repro", "app-hello"]);
+    assert_ok(&out);
+    assert!(stderr(&out).contains("Identical linuxu/x86_64/hello_linuxu-x86_64 sha256"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_difference_is_located_in_its_elf_section() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = utf8(tmp.path());
+    let compile = |name: &str, value: &str| {
+        std::fs::write(dir.join(format!("{name}.c")), format!("int code(void) {{ return 1; }}\nconst char stamp[] = \"{value}\";\n")).unwrap();
+        let status = std::process::Command::new("gcc")
+            .args(["-c", "-O2", "-o", &format!("{name}.o"), &format!("{name}.c")])
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(dir.join(format!("{name}.o"))).unwrap()
+    };
+    let a = compile("a", "2024-01-01");
+    let b = compile("b", "2024-01-02");
+    let located = kraft_xtask::commands::repro::first_differing_section(&a, &b);
+    assert!(located.contains("section .rodata"), "{located}");
+}

@@ -77,6 +77,7 @@ fn workspace() -> Workspace {
         env: vec![("SOURCE_DATE_EPOCH".into(), "946684800".into())],
         unit_rules: vec![UnitRule { lib: "libgreet".into(), split_by_dir_prefix: Some("libgreet/origin/*".into()) }],
         component_hashes: vec![("unikraft".into(), core_tree), ("lib:greet".into(), greet_tree)],
+        make_vars: vec![],
     };
     Workspace { _dir: dir, root, input }
 }
@@ -212,6 +213,7 @@ fn real_unikraft_helloworld() {
         env: vec![("SOURCE_DATE_EPOCH".into(), "946684800".into())],
         unit_rules: plan::default_unit_rules(),
         component_hashes: vec![],
+        make_vars: vec![],
     };
     let p = plan::plan(&input, None).unwrap();
     let (total, kinds, units) = plan::summary(&p.graph);

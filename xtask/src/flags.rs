@@ -108,6 +108,10 @@ pub struct BuildArgs {
     /// Only this target (`qemu/x86_64`); default: every target.
     #[arg(short, long)]
     pub target: Option<String>,
+    /// Build twice from scratch, into separate stores and target dirs, and
+    /// compare the images and `.dbg` files byte for byte.
+    #[arg(long)]
+    pub check_repro: bool,
 }
 
 #[derive(Debug, Args)]

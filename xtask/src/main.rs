@@ -35,6 +35,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         }
         Command::Fetch(args) => commands::lock::fetch_app(&session, &args.app).map(drop),
         Command::Cache(args) => commands::cache::run(&session, &args.command),
+        Command::Build(args) if args.check_repro => commands::repro::check(&session, &args.app, args.target.as_deref()),
         Command::Build(args) => commands::build::build_app(&session, &args.app, args.target.as_deref()).map(drop),
         Command::Run(args) => commands::run::run(&session, args),
         Command::Graph(args) => commands::graph::run(&session, args),

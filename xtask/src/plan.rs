@@ -136,6 +136,10 @@ pub struct PlanInput {
     /// `app`). Components without one are fingerprinted by their build
     /// description files (see [`plan_key`]).
     pub component_hashes: Vec<(String, String)>,
+    /// Variables on make's command line, overriding the makefiles' own:
+    /// what would otherwise come from the clock or from `git` in the tree
+    /// (`HOSTUTC`, `UK_FULLVERSION`), fixed from the lock instead.
+    pub make_vars: Vec<(String, String)>,
 }
 
 impl PlanInput {
@@ -152,14 +156,18 @@ impl PlanInput {
     /// `make -C /kraft/unikraft A=... L=... O=/kraft/build C=/kraft/build/.config`
     pub fn make_command(&self) -> String {
         let libs: Vec<String> = self.libs.iter().map(|(n, _)| inside_lib(n).to_string()).collect();
-        format!(
+        let mut command = format!(
             "make -C {} A={} L={} O={} C={}/.config",
             inside_core(),
             inside_app(&self.app_name),
             libs.join(":"),
             inside_build(),
             inside_build()
-        )
+        );
+        for (name, value) in &self.make_vars {
+            command.push_str(&format!(" {name}='{}'", value.replace('\'', "'\\''")));
+        }
+        command
     }
 
     /// The defconfig handed to `make defconfig`: target, then the caller's

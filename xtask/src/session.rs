@@ -12,6 +12,8 @@ use crate::store::Store;
 use crate::workspace::Workspace;
 
 pub struct Session {
+    /// The flags it was made from (to make variants of it).
+    pub global: Global,
     pub workspace: Workspace,
     pub store: Store,
     pub mirrors: Mirrors,
@@ -37,6 +39,7 @@ impl Session {
         let recipes = RecipeBook::load(&workspace.recipes_dirs())?;
         let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
         Ok(Session {
+            global: global.clone(),
             store,
             mirrors,
             recipes,

@@ -99,9 +99,16 @@ pub fn prepare(session: &Session, locked: &LockedApp, trees: &[(String, Utf8Path
         }
     }
     let out_dir = session.workspace.output_dir(&locked.app.name, &target.dir_name());
-    let mut env = Vec::new();
     // The build date is the lock's, never the clock's.
-    env.push(("SOURCE_DATE_EPOCH".to_string(), locked.lock.source_date_epoch().unwrap_or(0).to_string()));
+    let env = vec![("SOURCE_DATE_EPOCH".to_string(), locked.lock.source_date_epoch().unwrap_or(0).to_string())];
+    // What Unikraft would take from the clock and from git, from the lock.
+    let epoch = locked.lock.source_date_epoch().unwrap_or(0);
+    let mut make_vars = vec![("HOSTUTC".to_string(), iso8601_utc(epoch))];
+    let core_lock = locked.lock.get("unikraft");
+    if let Some(version) = read_core_version(&core) {
+        let sha = core_lock.and_then(|c| c.commit.as_deref()).map(|c| format!("~{}", &c[..7])).unwrap_or_default();
+        make_vars.push(("UK_FULLVERSION".to_string(), format!("{version}{sha}")));
+    }
     let input = PlanInput {
         core,
         libs,
@@ -114,9 +121,43 @@ pub fn prepare(session: &Session, locked: &LockedApp, trees: &[(String, Utf8Path
         env,
         unit_rules,
         component_hashes,
+        make_vars,
     };
     let image_name = format!("{app_name}_{}", target.dir_name());
     Ok(Prepared { input, out_dir, target: target.clone(), image_name })
+}
+
+/// `UK_VERSION.UK_SUBVERSION[.UK_EXTRAVERSION]` from the core's `version.mk`.
+fn read_core_version(core: &Utf8Path) -> Option<String> {
+    let text = std::fs::read_to_string(core.join("version.mk")).ok()?;
+    let get = |name: &str| {
+        text.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            (key.trim() == name).then(|| value.trim().to_string()).filter(|v| !v.is_empty())
+        })
+    };
+    let mut version = format!("{}.{}", get("UK_VERSION")?, get("UK_SUBVERSION")?);
+    if let Some(extra) = get("UK_EXTRAVERSION") {
+        version = format!("{version}.{extra}");
+    }
+    Some(version)
+}
+
+/// `date -Iseconds -u` of a Unix time, without a date library.
+pub fn iso8601_utc(epoch: i64) -> String {
+    let days = epoch.div_euclid(86_400);
+    let secs = epoch.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}+00:00", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
 /// Plan and run one target.
@@ -266,5 +307,15 @@ fn report(session: &Session, build: &TargetBuild) {
     );
     if let Some(image) = &build.image {
         session.output.status("Image", image.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso8601_matches_date() {
+        assert_eq!(super::iso8601_utc(0), "1970-01-01T00:00:00+00:00");
+        assert_eq!(super::iso8601_utc(1728894760), "2024-10-14T08:32:40+00:00");
+        assert_eq!(super::iso8601_utc(951782400), "2000-02-29T00:00:00+00:00");
     }
 }

@@ -7,5 +7,6 @@ pub mod cache;
 pub mod explain;
 pub mod graph;
 pub mod lock;
+pub mod repro;
 pub mod run;
 pub mod sysroot;
