@@ -278,6 +278,9 @@ impl Shared<'_> {
     }
 
     fn hash(&self, inside: &Utf8Path) -> anyhow::Result<Option<Hash>> {
+        if let Some(seen) = self.stats.seen(inside.as_str()) {
+            return Ok(seen);
+        }
         let host = self.host(inside)?;
         self.stats.hash(inside.as_str(), &host).with_context(|| format!("hashing {host}"))
     }
@@ -485,13 +488,63 @@ impl Shared<'_> {
 // ----------------------------------------------------------------- driver
 
 /// Identify the toolchain (once per build), through the stat cache.
-fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache) -> Toolchain {
+fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, memo: &Utf8Path) -> Toolchain {
     let script = Toolchain::probe_script(spec);
-    let text = match runner.run(&script, cwd) {
-        Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        Err(e) => format!("text\tprobe failed: {e}"),
+    let text = match probe_memo::load(memo, &script) {
+        Some(text) => text,
+        None => {
+            let text = match runner.run(&script, cwd) {
+                Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+                Err(e) => format!("text\tprobe failed: {e}"),
+            };
+            probe_memo::save(memo, &script, &text);
+            text
+        }
     };
     Toolchain::from_probe(&text, stats).unwrap_or_else(|_| Toolchain::from_components(Default::default()))
+}
+
+/// The toolchain probe spawns a sandbox and a dozen processes (~100 ms); a
+/// no-op build must not pay that. Its output is kept beside the state with
+/// the stamp (size, mtime, ctime, inode) of every program it named, and
+/// reused while the probe script is the same and no such program changed.
+/// The programs' contents are still hashed into the key (through the stat
+/// cache), so a reused probe can never hide a changed compiler.
+mod probe_memo {
+    use std::os::unix::fs::MetadataExt;
+
+    use camino::Utf8Path;
+
+    fn stamp(path: &str) -> Option<String> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(format!("{path} {} {} {} {}", m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000, m.ctime(), m.ino()))
+    }
+
+    fn stamps(text: &str) -> Option<Vec<String>> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("prog\t"))
+            .map(|rest| rest.split_once('\t').map(|(_, path)| path))
+            .map(|path| path.and_then(stamp))
+            .collect()
+    }
+
+    pub fn load(memo: &Utf8Path, script: &str) -> Option<String> {
+        let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(memo).ok()?).ok()?;
+        if saved["script"].as_str()? != script {
+            return None;
+        }
+        let text = saved["output"].as_str()?.to_string();
+        let now = stamps(&text)?;
+        let then: Vec<String> = saved["stamps"].as_array()?.iter().filter_map(|s| s.as_str().map(String::from)).collect();
+        (now == then && !now.is_empty()).then_some(text)
+    }
+
+    pub fn save(memo: &Utf8Path, script: &str, text: &str) {
+        if let Some(stamps) = stamps(text) {
+            let value = serde_json::json!({"script": script, "output": text, "stamps": stamps});
+            let _ = crate::state::write_atomic(memo, value.to_string().as_bytes());
+        }
+    }
 }
 
 /// Run `graph`; see the module docs.
@@ -503,12 +556,15 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let start = Instant::now();
     let started_ns = crate::state::now_ns();
     let _lock = lock_build_dir(&ctx.state_path)?;
-    let BuildState { actions: mut records, stats, last_build: _, toolchain: _ } = BuildState::load(&ctx.state_path);
+    let BuildState { actions: mut records, stats, last_build: _, toolchain: old_toolchain } = BuildState::load(&ctx.state_path);
 
     let total = graph.actions.len();
     (ctx.events)(&Event::Planned { total });
     let toolchain = match graph.actions.first() {
-        Some(first) => probe_toolchain(ctx.runner, &ctx.toolchain, &first.cwd, &stats),
+        Some(first) => {
+            let memo = ctx.state_path.with_file_name(format!("{}.toolchain", ctx.state_path.file_name().unwrap_or("state")));
+            probe_toolchain(ctx.runner, &ctx.toolchain, &first.cwd, &stats, &memo)
+        }
         None => Toolchain::from_components(Default::default()),
     };
     let remote = ctx.remote.map(|r| Arc::new(r.start()));
@@ -718,13 +774,24 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     stats.settle(&to_host);
     report.files_hashed = stats.files_hashed();
     report.duration = start.elapsed();
-    let state = BuildState {
-        actions: records,
-        stats,
-        last_build: LastBuild { started_ns, succeeded: failure.is_none() && !cycle, entries: log },
-        toolchain: toolchain.components.clone(),
-    };
-    state.save(&ctx.state_path)?;
+    // A build that did nothing changes nothing worth writing: the records are
+    // the old ones and no file was hashed. Skipping the save keeps a no-op
+    // build read-only (and `explain` on the last build that did work).
+    let did_nothing = report.run == 0
+        && report.restored == 0
+        && report.files_hashed == 0
+        && failure.is_none()
+        && !cycle
+        && old_toolchain == toolchain.components;
+    if !did_nothing {
+        let state = BuildState {
+            actions: records,
+            stats,
+            last_build: LastBuild { started_ns, succeeded: failure.is_none() && !cycle, entries: log },
+            toolchain: toolchain.components.clone(),
+        };
+        state.save(&ctx.state_path)?;
+    }
 
     if let Some(mut f) = failure {
         f.report = report;

@@ -224,21 +224,23 @@ impl Sandbox {
 
     /// Host path for an inside path (longest matching mount wins).
     pub fn to_host(&self, inside: &Utf8Path) -> Option<Utf8PathBuf> {
+        // On strings, not `Path::strip_prefix`: this runs for every file of
+        // every action, and component-wise comparison dominated no-op builds.
         self.mounts
             .iter()
             .rev()
-            .filter_map(|m| inside.strip_prefix(&m.inside).ok().map(|rest| (m, rest)))
+            .filter_map(|m| strip_dir_prefix(inside.as_str(), m.inside.as_str()).map(|rest| (m, rest)))
             .max_by_key(|(m, _)| m.inside.as_str().len())
-            .map(|(m, rest)| if rest.as_str().is_empty() { m.host.clone() } else { m.host.join(rest) })
+            .map(|(m, rest)| if rest.is_empty() { m.host.clone() } else { m.host.join(rest) })
     }
 
     /// Inside path for a host path (longest matching mount wins).
     pub fn to_inside(&self, host: &Utf8Path) -> Option<Utf8PathBuf> {
         self.mounts
             .iter()
-            .filter_map(|m| host.strip_prefix(&m.host).ok().map(|rest| (m, rest)))
+            .filter_map(|m| strip_dir_prefix(host.as_str(), m.host.as_str()).map(|rest| (m, rest)))
             .max_by_key(|(m, _)| m.host.as_str().len())
-            .map(|(m, rest)| if rest.as_str().is_empty() { m.inside.clone() } else { m.inside.join(rest) })
+            .map(|(m, rest)| if rest.is_empty() { m.inside.clone() } else { m.inside.join(rest) })
     }
 
     /// Replaces inside paths in free text by host paths (`none` backend);
@@ -391,5 +393,17 @@ mod tests {
             }
             eprintln!("{}: {:?} per spawn", sb.backend(), t.elapsed() / n);
         }
+    }
+}
+
+/// `path` below `dir` (`""` for `dir` itself), on whole components: `/a/bc`
+/// is not below `/a/b`. Both are normalized absolute paths.
+fn strip_dir_prefix<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
+    let dir = dir.trim_end_matches('/');
+    let rest = path.strip_prefix(dir)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/').map(|r| r.trim_start_matches('/'))
     }
 }

@@ -101,6 +101,10 @@ pub struct StatCache {
     used: Mutex<std::collections::HashSet<String>>,
     hashed: AtomicUsize,
     stated: AtomicUsize,
+    /// What each path was found to be during this build: a file is stated at
+    /// most once per build (as ninja does), however many actions read it.
+    /// Writes by the engine itself go through [`StatCache::record`].
+    seen: Mutex<HashMap<String, Option<Hash>>>,
 }
 
 pub fn now_ns() -> i64 {
@@ -143,7 +147,21 @@ impl StatCache {
 
     /// Content hash of `host` (recorded under `key`), or `None` if it does not
     /// exist. Hashes only when the file's stamp differs from the cached one.
+    /// What `key` was found to be earlier in this build, if it was looked at.
+    pub fn seen(&self, key: &str) -> Option<Option<Hash>> {
+        self.seen.lock().unwrap().get(key).copied()
+    }
+
     pub fn hash(&self, key: &str, host: &Utf8Path) -> io::Result<Option<Hash>> {
+        if let Some(seen) = self.seen.lock().unwrap().get(key) {
+            return Ok(*seen);
+        }
+        let result = self.hash_uncached(key, host)?;
+        self.seen.lock().unwrap().insert(key.to_owned(), result);
+        Ok(result)
+    }
+
+    fn hash_uncached(&self, key: &str, host: &Utf8Path) -> io::Result<Option<Hash>> {
         self.used.lock().unwrap().insert(key.to_owned());
         self.stated.fetch_add(1, Ordering::Relaxed);
         let meta = match fs::metadata(host) {
@@ -177,6 +195,7 @@ impl StatCache {
     /// Record a hash computed elsewhere (e.g. while storing an output), if the
     /// file still has `stamp`.
     pub fn record(&self, key: &str, host: &Utf8Path, stamp: Stamp, hash: Hash, hashed_at_ns: i64) {
+        self.seen.lock().unwrap().insert(key.to_owned(), Some(hash));
         self.used.lock().unwrap().insert(key.to_owned());
         if fs::metadata(host).map(|m| Stamp::of(&m)).ok() == Some(stamp) {
             self.entries.lock().unwrap().insert(key.to_owned(), StatEntry { stamp, hash, hashed_at_ns });

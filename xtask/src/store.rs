@@ -415,7 +415,10 @@ impl Store {
     /// so replacing a concurrent writer's identical file is harmless and no
     /// lock is needed.
     fn publish_blob(&self, staged: tempfile::NamedTempFile, hash: &str) -> anyhow::Result<()> {
-        staged.as_file().sync_all().ok();
+        // No fsync: a build writes a blob per object, and an fsync each costs
+        // more than many compiles. A blob cut short by a crash cannot be used
+        // wrongly: every restore rehashes it and treats a mismatch as a miss
+        // (and `cache verify` removes it).
         staged.as_file().set_permissions(fs::Permissions::from_mode(0o444))?;
         let dest = self.blob_path(hash);
         let dir = dest.parent().expect("blob path has a parent");
