@@ -189,6 +189,9 @@ pub struct BuildReport {
     pub remote_uploads: usize,
     /// Warnings of the remote tier (already printed through its sink).
     pub remote_warnings: Vec<String>,
+    /// Host paths of every file the build read or wrote (sources, headers,
+    /// outputs, toolchain programs): what a later no-op check must stat.
+    pub watched: Vec<Utf8PathBuf>,
 }
 
 impl BuildReport {
@@ -773,6 +776,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     };
     stats.settle(&to_host);
     report.files_hashed = stats.files_hashed();
+    report.watched = stats.used_keys().iter().map(|key| to_host(key)).collect();
     report.duration = start.elapsed();
     // A build that did nothing changes nothing worth writing: the records are
     // the old ones and no file was hashed. Skipping the save keeps a no-op

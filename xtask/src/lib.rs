@@ -34,6 +34,7 @@ pub mod kraftfile;
 pub mod lock;
 pub mod mirror;
 pub mod nar;
+pub mod noop;
 pub mod plan;
 pub mod plan_make;
 pub mod recipe;

@@ -34,7 +34,7 @@
 //!
 //! # Environment
 //!
-//! Cleared, then `PATH=/usr/bin:/bin`, `LC_ALL=C`, `TZ=UTC`,
+//! Cleared, then `PATH=/usr/bin:/bin` (or `$KRAFT_SANDBOX_PATH`), `LC_ALL=C`, `TZ=UTC`,
 //! `HOME=/nonexistent`, then the caller's `env` (e.g. `SOURCE_DATE_EPOCH`),
 //! which may override the fixed ones.
 //!
@@ -190,6 +190,10 @@ impl Sandbox {
                     }
                 }
                 cmd.args(["--ro-bind", "/etc", "/etc", "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]);
+                // On Nix systems the toolchain lives in the store (see KRAFT_SANDBOX_PATH).
+                if std::path::Path::new("/nix/store").is_dir() {
+                    cmd.args(["--ro-bind", "/nix/store", "/nix/store"]);
+                }
                 for m in &self.mounts {
                     cmd.arg(if m.writable { "--bind" } else { "--ro-bind" });
                     cmd.arg(&m.host).arg(&m.inside);
@@ -201,7 +205,7 @@ impl Sandbox {
                 let host_cwd = self
                     .to_host(cwd)
                     .with_context(|| format!("working directory {cwd} is not in a sandbox mount"))?;
-                cmd = Command::new("/bin/bash");
+                cmd = Command::new(self.bash());
                 cmd.env_clear();
                 for (k, v) in self.full_env() {
                     cmd.env(k, v);
@@ -212,9 +216,26 @@ impl Sandbox {
         Ok(cmd)
     }
 
+    /// `bash` from the commands' PATH (a Nix build has no `/bin/bash`).
+    fn bash(&self) -> std::path::PathBuf {
+        let env = self.full_env();
+        let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+        path.split(':')
+            .map(|dir| std::path::Path::new(dir).join("bash"))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| "/bin/bash".into())
+    }
+
+    /// The commands' environment: [`BASE_ENV`], then `PATH` from
+    /// `KRAFT_SANDBOX_PATH` when set (Nix shells and builds keep their
+    /// toolchain outside /usr), then the caller's variables.
     fn full_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
             BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(path) = std::env::var("KRAFT_SANDBOX_PATH").ok().filter(|p| !p.is_empty()) {
+            env.retain(|(k, _)| k != "PATH");
+            env.push(("PATH".to_string(), path));
+        }
         for (k, v) in &self.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));

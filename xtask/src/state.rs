@@ -131,6 +131,13 @@ impl StatCache {
         StatCache { entries: Mutex::new(entries), ..Default::default() }
     }
 
+    /// Every key (inside path) this build looked at.
+    pub fn used_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.used.lock().unwrap().iter().cloned().collect();
+        keys.sort();
+        keys
+    }
+
     /// Number of files whose contents were read and hashed through this cache.
     pub fn files_hashed(&self) -> usize {
         self.hashed.load(Ordering::Relaxed)

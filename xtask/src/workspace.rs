@@ -36,6 +36,8 @@ pub struct Workspace {
     pub root: Utf8PathBuf,
     pub target_dir: Utf8PathBuf,
     pub metadata: KraftMetadata,
+    /// `[workspace.metadata.kraft]` as cargo reported it.
+    pub raw_metadata: serde_json::Value,
 }
 
 /// An app: a directory holding a Kraftfile, and its name for output paths.
@@ -48,7 +50,25 @@ pub struct AppRef {
 
 impl Workspace {
     /// The workspace containing `dir`, read with cargo_metadata.
+    ///
+    /// `cargo metadata` costs more than a whole no-op build, so its answer is
+    /// remembered (in the user's cache directory) together with the stamp of
+    /// every file that could change it: each `Cargo.toml` and
+    /// `.cargo/config[.toml]` from `dir` up to `/`, cargo's home config, and
+    /// the target-dir environment. Any change asks cargo again.
     pub fn discover(dir: &Utf8Path) -> anyhow::Result<Workspace> {
+        let memo = memo::path(dir);
+        if let Some(workspace) = memo.as_deref().and_then(|m| memo::load(m, dir)) {
+            return Ok(workspace);
+        }
+        let workspace = Workspace::discover_uncached(dir)?;
+        if let Some(memo) = memo {
+            memo::save(&memo, dir, &workspace);
+        }
+        Ok(workspace)
+    }
+
+    fn discover_uncached(dir: &Utf8Path) -> anyhow::Result<Workspace> {
         let metadata = cargo_metadata::MetadataCommand::new()
             .current_dir(dir)
             .no_deps()
@@ -62,7 +82,8 @@ impl Workspace {
             })?,
             None => KraftMetadata::default(),
         };
-        Ok(Workspace { root: metadata.workspace_root, target_dir: metadata.target_directory, metadata: kraft })
+        let raw = metadata.workspace_metadata.get("kraft").cloned().unwrap_or(serde_json::Value::Null);
+        Ok(Workspace { root: metadata.workspace_root, target_dir: metadata.target_directory, metadata: kraft, raw_metadata: raw })
     }
 
     pub fn apps_dir(&self) -> Utf8PathBuf {
@@ -164,4 +185,80 @@ fn list_apps(dir: &Utf8Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// The remembered answer of `cargo metadata` (see [`Workspace::discover`]).
+mod memo {
+    use std::os::unix::fs::MetadataExt;
+
+    use camino::{Utf8Path, Utf8PathBuf};
+
+    use super::{KraftMetadata, Workspace};
+
+    const ENV: [&str; 4] = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "CARGO_HOME", "CARGO"];
+
+    pub fn path(dir: &Utf8Path) -> Option<Utf8PathBuf> {
+        let cache = std::env::var("XDG_CACHE_HOME")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Utf8PathBuf::from)
+            .or_else(|| std::env::var("HOME").ok().map(|h| Utf8PathBuf::from(h).join(".cache")))?;
+        let mut h = blake3::Hasher::new();
+        h.update(dir.as_str().as_bytes());
+        Some(cache.join("kraft-xtask").join("workspaces").join(format!("{}.json", &h.finalize().to_hex()[..32])))
+    }
+
+    /// Everything that could change cargo's answer, stamped.
+    fn inputs(dir: &Utf8Path) -> Vec<(String, Option<[i64; 3]>)> {
+        let stamp = |p: &Utf8Path| {
+            std::fs::metadata(p).ok().map(|m| [m.size() as i64, m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino() as i64])
+        };
+        let mut out = Vec::new();
+        for ancestor in dir.ancestors() {
+            for name in ["Cargo.toml", ".cargo/config.toml", ".cargo/config"] {
+                let file = ancestor.join(name);
+                out.push((file.to_string(), stamp(&file)));
+            }
+        }
+        let home = std::env::var("CARGO_HOME").ok().or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cargo")));
+        if let Some(home) = home {
+            for name in ["config.toml", "config"] {
+                let file = Utf8PathBuf::from(&home).join(name);
+                out.push((file.to_string(), stamp(&file)));
+            }
+        }
+        for var in ENV {
+            out.push((format!("env:{var}={}", std::env::var(var).unwrap_or_default()), None));
+        }
+        out
+    }
+
+    pub fn load(memo: &Utf8Path, dir: &Utf8Path) -> Option<Workspace> {
+        let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(memo).ok()?).ok()?;
+        let then: Vec<(String, Option<[i64; 3]>)> = serde_json::from_value(saved["inputs"].clone()).ok()?;
+        if then != inputs(dir) {
+            return None;
+        }
+        let raw = saved["kraft"].clone();
+        let metadata: KraftMetadata = if raw.is_null() { KraftMetadata::default() } else { serde_json::from_value(raw.clone()).ok()? };
+        Some(Workspace {
+            root: Utf8PathBuf::from(saved["root"].as_str()?),
+            target_dir: Utf8PathBuf::from(saved["target_dir"].as_str()?),
+            metadata,
+            raw_metadata: raw,
+        })
+    }
+
+    pub fn save(memo: &Utf8Path, dir: &Utf8Path, workspace: &Workspace) {
+        let value = serde_json::json!({
+            "inputs": inputs(dir),
+            "root": workspace.root,
+            "target_dir": workspace.target_dir,
+            "kraft": workspace.raw_metadata,
+        });
+        if let Some(parent) = memo.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = crate::state::write_atomic(memo, value.to_string().as_bytes());
+    }
 }

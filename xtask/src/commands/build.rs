@@ -40,6 +40,10 @@ pub struct TargetBuild {
     pub dbg: Option<Utf8PathBuf>,
     pub plan_cached: bool,
     pub make_runs: usize,
+    /// Wall time of planning (loading the cached plan on a no-op).
+    pub plan_seconds: f64,
+    /// Set when the no-op check found nothing changed: how many files it stated.
+    pub noop_check: Option<usize>,
     pub report: BuildReport,
     pub graph: Graph,
     pub wall: std::time::Duration,
@@ -165,6 +169,32 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let start = Instant::now();
     let id = prepared.target.id();
     std::fs::create_dir_all(&prepared.out_dir).with_context(|| format!("creating {}", prepared.out_dir))?;
+    // Nothing changed since the last successful build? Then nothing is done:
+    // no plan is loaded and no action is looked at (see `noop.rs`).
+    let noop_path = prepared.out_dir.join("noop.json");
+    std::fs::create_dir_all(&prepared.input.build).with_context(|| format!("creating {}", prepared.input.build))?;
+    let key_sandbox = Sandbox::new(prepared.input.mounts(), prepared.input.env.clone())?;
+    let key = plan::plan_key(&prepared.input, &key_sandbox)?;
+    if let Some(snapshot) = crate::noop::check(&noop_path, &key) {
+        let installed = |name: &str| Some(prepared.out_dir.join(name)).filter(|p| p.is_file());
+        let report = BuildReport { total: snapshot.actions, up_to_date: snapshot.actions, duration: start.elapsed(), ..Default::default() };
+        return Ok(TargetBuild {
+            target: id,
+            out_dir: prepared.out_dir.clone(),
+            build_dir: prepared.input.build.clone(),
+            state_path: prepared.out_dir.join("state.json"),
+            image: installed(&prepared.image_name),
+            dbg: installed(&format!("{}.dbg", prepared.image_name)),
+            plan_cached: true,
+            make_runs: 0,
+            plan_seconds: 0.0,
+            noop_check: Some(snapshot.files.len()),
+            report,
+            graph: Graph::default(),
+            wall: start.elapsed(),
+        });
+    }
+    crate::noop::invalidate(&noop_path);
     let plan = plan::plan(&prepared.input, Some(&session.store.root().join("plans")))?;
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));
@@ -211,15 +241,21 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     if image.is_none() && !plan.graph.actions.iter().any(|a| a.kind == ActionKind::Link) {
         session.output.warning(&Diagnostic::new(format!("{id}: the plan has no final link; no image was produced")));
     }
+    let mut watched = report.watched.clone();
+    watched.extend(image.iter().cloned());
+    watched.extend(dbg.iter().cloned());
+    crate::noop::record(&noop_path, &plan.key, report.total, report.units.len(), &watched);
     Ok(TargetBuild {
         target: id,
         out_dir: prepared.out_dir.clone(),
         build_dir,
         state_path,
+        noop_check: None,
         image,
         dbg,
         plan_cached: plan.cached,
         make_runs: plan.make_runs,
+        plan_seconds: plan.elapsed.as_secs_f64(),
         report,
         graph: plan.graph,
         wall: start.elapsed(),
@@ -275,10 +311,20 @@ fn report(session: &Session, build: &TargetBuild) {
             .collect();
         session.output.event(serde_json::json!({
             "reason": "target-finished", "target": build.target, "image": build.image, "dbg": build.dbg,
-            "plan_cached": build.plan_cached, "make_runs": build.make_runs,
+            "plan_cached": build.plan_cached, "make_runs": build.make_runs, "plan_seconds": build.plan_seconds, "noop_check_files": build.noop_check, "exec_seconds": r.duration.as_secs_f64(),
             "actions": r.total, "run": r.run, "restored": r.restored, "up_to_date": r.up_to_date,
             "files_hashed": r.files_hashed, "remote_hits": r.remote_hits, "remote_uploads": r.remote_uploads, "units": units, "seconds": build.wall.as_secs_f64(),
         }));
+        return;
+    }
+    if let Some(files) = build.noop_check {
+        session.output.status(
+            "Finished",
+            &format!("{} in {:.3}s: nothing changed ({} files checked); {} actions up to date", build.target, build.wall.as_secs_f64(), files, r.total),
+        );
+        if let Some(image) = &build.image {
+            session.output.status("Image", image.as_str());
+        }
         return;
     }
     // One line per unit that did something; fresh units are summed up.
