@@ -31,9 +31,16 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
+/// The printk level is a Kconfig choice in Unikraft 0.16: `info` selects
+/// `CONFIG_LIBUKDEBUG_PRINTK_INFO`, `err` (the default) `..._PRINTK_ERR`.
+fn printk_symbol(level: &str) -> &'static str {
+    if level == "info" { "CONFIG_LIBUKDEBUG_PRINTK_INFO" } else { "CONFIG_LIBUKDEBUG_PRINTK_ERR" }
+}
+
 fn kraftfile(name: &str, loglevel: &str) -> String {
     format!(
-        "spec: v0.6\n\nname: {name}\n\nunikraft:\n  version: {VERSION}\n  kconfig:\n    CONFIG_LIBUKPRINT_LOGLEVEL: {loglevel}\n\nlibraries:\n  musl: {VERSION}\n\ntargets:\n  - qemu/x86_64\n"
+        "spec: v0.6\n\nname: {name}\n\nunikraft:\n  version: {VERSION}\n  kconfig:\n    {}: 'y'\n\nlibraries:\n  musl: {VERSION}\n\ntargets:\n  - qemu/x86_64\n",
+        printk_symbol(loglevel)
     )
 }
 
@@ -81,8 +88,8 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     let store_dir = root.join("store");
     let app1 = root.join("apps/helloworld");
     let app2 = root.join("apps/hellotwo");
-    write_app(&app1, &root.join("app-helloworld"), "helloworld", "3")?;
-    write_app(&app2, &root.join("app-helloworld"), "hellotwo", "3")?;
+    write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
+    write_app(&app2, &root.join("app-helloworld"), "hellotwo", "err")?;
     let session_for = || -> Result<Session> {
         let global = Global { store: Some(store_dir.clone()), jobs: Some(jobs), ..Global::default() };
         Session::new(session.workspace.clone(), &global)
@@ -160,13 +167,25 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     if want("uk/printk-flip") {
         list.push(Scenario {
             name: "uk/printk-flip".into(),
-            description: "CONFIG_LIBUKPRINT_LOGLEVEL flipped".into(),
-            ours: Side::new(|i| set_loglevel(&app1, "helloworld", if i % 2 == 0 { "4" } else { "3" }).map_err(Into::into), |_| ours(&app1).map(drop)),
+            description: "printk level flipped (CONFIG_LIBUKDEBUG_PRINTK_INFO <-> _ERR)".into(),
+            ours: Side::new(|i| set_loglevel(&app1, "helloworld", if i % 2 == 0 { "info" } else { "err" }).map_err(Into::into), |_| ours(&app1).map(drop)),
             baseline: Side::new(
                 |i| {
-                    let level = if i % 2 == 0 { "4" } else { "3" };
+                    let (on, off) = if i % 2 == 0 { ("info", "err") } else { ("err", "info") };
+                    let (on, off) = (printk_symbol(on), printk_symbol(off));
                     let cfg = std::fs::read_to_string(base_build.join(".config"))?;
-                    let cfg: String = cfg.lines().map(|l| if l.starts_with("CONFIG_LIBUKPRINT_LOGLEVEL=") { format!("CONFIG_LIBUKPRINT_LOGLEVEL={level}\n") } else { format!("{l}\n") }).collect();
+                    let cfg: String = cfg
+                        .lines()
+                        .map(|l| {
+                            if l.starts_with(&format!("{on}=")) || l == format!("# {on} is not set") {
+                                format!("{on}=y\n")
+                            } else if l.starts_with(&format!("{off}=")) || l == format!("# {off} is not set") {
+                                format!("# {off} is not set\n")
+                            } else {
+                                format!("{l}\n")
+                            }
+                        })
+                        .collect();
                     std::fs::write(base_build.join(".config"), cfg)?;
                     Ok(())
                 },
