@@ -84,7 +84,7 @@ pub struct BenchArgs {
     /// Runs per scenario (ours and baseline alternately).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Only scenarios whose name contains this (`musl/`, `uk/no-op`).
+    /// Only scenarios whose name contains this, or one of these comma-separated strings (`musl/`, `uk/no-op,uk/edit`).
     #[arg(long)]
     pub filter: Option<String>,
 }

@@ -98,7 +98,7 @@ pub fn musl_scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, r
         let o = SysrootOptions { source: Some(src.to_owned()), work: root.join(work), out: root.join(work).join("sysroot"), jobs };
         Ok(build_musl(&fetcher, &session.recipes, &o)?.report)
     };
-    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| name.contains(f));
+    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
 
     let mut scenarios: Vec<Scenario<'_>> = Vec::new();
     if want("musl/cold") {
