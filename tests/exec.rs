@@ -23,10 +23,14 @@ use camino::{Utf8Path, Utf8PathBuf};
 use kraft_xtask::exec::{execute, ActionFailed, BuildReport, Event, ExecContext};
 use kraft_xtask::explain::{self, Filter};
 use kraft_xtask::fingerprint::DirtyReason;
-use kraft_xtask::graph::{Action, ActionId, ActionKind, Graph};
+use kraft_xtask::graph::Graph;
 use kraft_xtask::sandbox::{Backend, Mount, Sandbox};
 use kraft_xtask::state::{BuildState, Outcome};
 use kraft_xtask::store::Store;
+
+#[path = "support/graphs.rs"]
+mod graphs;
+use graphs::{graph, set};
 
 const COMMON_H: &str = "#define A_VALUE 40\n#define B_VALUE 2\n";
 const OTHER_H: &str = "#define OTHER 7\n";
@@ -52,71 +56,6 @@ struct Seen {
     restored: BTreeSet<String>,
 }
 
-fn set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|s| s.to_string()).collect()
-}
-
-fn compile(id: usize, unit: &str, name: &str, src: &str, include: &str, deps: Vec<usize>) -> Action {
-    let out = format!("/kraft/build/{name}");
-    let (dir, file) = out.rsplit_once('/').unwrap();
-    let depfile = format!("{dir}/.{file}.d");
-    Action {
-        id: ActionId(id),
-        name: name.into(),
-        kind: ActionKind::Compile,
-        unit: unit.into(),
-        script: format!("gcc -O2 -I/kraft/src/include -D{include} -Wp,-MD,{depfile} -c /kraft/src/{src} -o {out}"),
-        cwd: "/kraft/build".into(),
-        inputs: vec![format!("/kraft/src/{src}").into()],
-        outputs: vec![out.into()],
-        depfile: Some(depfile.into()),
-        deps: deps.into_iter().map(ActionId).collect(),
-    }
-}
-
-fn step(id: usize, kind: ActionKind, unit: &str, name: &str, script: &str, inputs: &[&str], deps: &[usize]) -> Action {
-    Action {
-        id: ActionId(id),
-        name: name.into(),
-        kind,
-        unit: unit.into(),
-        script: script.into(),
-        cwd: "/kraft/build".into(),
-        inputs: inputs.iter().map(|i| Utf8PathBuf::from(format!("/kraft/build/{i}"))).collect(),
-        outputs: vec![format!("/kraft/build/{name}").into()],
-        depfile: None,
-        deps: deps.iter().copied().map(ActionId).collect(),
-    }
-}
-
-fn graph() -> Graph {
-    Graph {
-        actions: vec![
-            compile(0, "libab", "libab/a.o", "a.c", "UNIT_AB", vec![]),
-            compile(1, "libab", "libab/b.o", "b.c", "UNIT_AB", vec![]),
-            step(
-                2,
-                ActionKind::PartialLink,
-                "libab",
-                "libab/libab.o",
-                "ld -r libab/a.o libab/b.o -o libab/libab.o",
-                &["libab/a.o", "libab/b.o"],
-                &[0, 1],
-            ),
-            compile(3, "app", "app/c.o", "c.c", "UNIT_APP", vec![]),
-            step(
-                4,
-                ActionKind::Link,
-                "app",
-                "app/app.dbg",
-                "gcc libab/libab.o app/c.o -o app/app.dbg",
-                &["libab/libab.o", "app/c.o"],
-                &[2, 3],
-            ),
-            step(5, ActionKind::Objcopy, "app", "app/app", "strip -o app/app app/app.dbg", &["app/app.dbg"], &[4]),
-        ],
-    }
-}
 
 impl Fixture {
     fn new() -> Fixture {
@@ -334,7 +273,7 @@ fn a_failing_compile_reports_clearly_and_a_fixed_build_succeeds() {
     fx.edit("b.c", "return B_VALUE;", "return B_VALUE +;");
     let (result, seen) = fx.try_build();
     let err = result.unwrap_err();
-    let failed = err.downcast_ref::<ActionFailed>().expect("an ActionFailed");
+    let failed = err.downcast_ref::<ActionFailed>().unwrap_or_else(|| panic!("not an ActionFailed: {err:#}"));
     assert_eq!((failed.name.as_str(), failed.unit.as_str()), ("libab/b.o", "libab"));
     assert!(failed.command.contains("gcc") && failed.command.contains("/kraft/src/b.c"));
     assert!(failed.stderr.contains("error"), "{}", failed.stderr);

@@ -819,11 +819,21 @@ fn lock_build_dir(state_path: &Utf8Path) -> anyhow::Result<fs::File> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("opening {lock_path}"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => {
-            anyhow::bail!("another build is using this build directory (lock {lock_path} is held)")
+    // A lock can look held for a moment without another build: a process
+    // forked elsewhere in this one (a parallel test, a sandbox spawn) holds a
+    // copy of the descriptor until its exec closes it. Wait a little before
+    // concluding that another build really owns the directory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another build is using this build directory (lock {lock_path} is held for more than 10 s)"
+            ),
+            Err(fs::TryLockError::Error(e)) => return Err(anyhow::Error::new(e).context(format!("locking {lock_path}"))),
         }
-        Err(fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!("locking {lock_path}"))),
     }
 }

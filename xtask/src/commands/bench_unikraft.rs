@@ -173,7 +173,10 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             ours: Side::new(|_| ours(&app1).map(drop), |_| ours(&app1).map(drop)),
             // make settles its own .config on the first run after a fresh
             // checkout; warm it up untimed so every timed run is a no-op.
-            baseline: Side::new(|i| if i == 0 { make("helloworld").and_then(|_| make("helloworld")) } else { Ok(()) }, |_| make("helloworld")),
+            baseline: Side::new(
+                |i| if i == 0 { prepare_base("helloworld", &app1).and_then(|_| make("helloworld")).and_then(|_| make("helloworld")) } else { Ok(()) },
+                |_| make("helloworld"),
+            ),
         });
     }
     if want("uk/printk-flip") {
