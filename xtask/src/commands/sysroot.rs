@@ -90,15 +90,43 @@ pub fn build_musl(fetcher: &Fetcher<'_>, recipes: &RecipeBook, opts: &SysrootOpt
         Some(dir) => dir.canonicalize_utf8().with_context(|| format!("--source {dir}"))?,
         None => unpacked_archive(fetcher, &recipe)?,
     };
+    let start = std::time::Instant::now();
     let build = opts.work.join("build");
     let input = MakePlanInput::from_recipe(&recipe, &source, &build)?;
     let store = fetcher.store;
-    let plan = plan_make::plan(&input, Some(&store.root().join("plans")))?;
+    std::fs::create_dir_all(&build).with_context(|| format!("creating {build}"))?;
     let sandbox = Sandbox::new(input.mounts(), input.env.clone())?;
+    // Nothing changed since the last successful build: stop after a stat of
+    // every file it used (see `noop.rs`), as `build` does.
+    let noop_path = opts.work.join("noop.json");
+    let key = plan_make::plan_key(&input, &sandbox)?;
+    if let Some(snapshot) = crate::noop::check(&noop_path, &key) {
+        let plan = crate::plan::Plan {
+            graph: crate::graph::Graph::default(),
+            key,
+            cached: true,
+            make_runs: 0,
+            elapsed: start.elapsed(),
+            warnings: Vec::new(),
+        };
+        let report = BuildReport { total: snapshot.actions, up_to_date: snapshot.actions, duration: start.elapsed(), ..Default::default() };
+        return Ok(SysrootBuild { sysroot: opts.out.clone(), source, build, plan, report });
+    }
+    crate::noop::invalidate(&noop_path);
+    let plan = plan_make::plan(&input, Some(&store.root().join("plans")))?;
     let mut ctx = ExecContext::new(&sandbox, store, opts.work.join("state.json"));
     ctx.jobs = opts.jobs.max(1);
     let report = execute(&plan.graph, &ctx)?;
     plan_make::install_musl_sysroot(&source, &build, &opts.out)?;
+    let mut watched = report.watched.clone();
+    watched.extend(
+        walkdir::WalkDir::new(&opts.out)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| camino::Utf8PathBuf::from_path_buf(e.into_path()).ok()),
+    );
+    crate::noop::record(&noop_path, &plan.key, report.total, report.units.len(), &watched);
     Ok(SysrootBuild { sysroot: opts.out.clone(), source, build, plan, report })
 }
 
