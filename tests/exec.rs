@@ -30,14 +30,7 @@ use kraft_xtask::store::Store;
 
 #[path = "support/graphs.rs"]
 mod graphs;
-use graphs::{graph, set};
-
-const COMMON_H: &str = "#define A_VALUE 40\n#define B_VALUE 2\n";
-const OTHER_H: &str = "#define OTHER 7\n";
-const A_C: &str = "#include \"common.h\"\n/* a comment */\nint a(void) { return A_VALUE; }\n";
-const B_C: &str = "#include \"common.h\"\nint b(void) { return B_VALUE; }\n";
-const C_C: &str = "#include <stdio.h>\n#include \"other.h\"\nint a(void);\nint b(void);\n\
-                   int main(void) { printf(\"sum=%d other=%d\\n\", a() + b(), OTHER); return 0; }\n";
+use graphs::{graph, set, write_sources};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -73,13 +66,8 @@ impl Fixture {
         let root = Utf8Path::from_path(dir.path()).unwrap().to_owned();
         let src = root.join("src");
         let build = root.join("build");
-        fs::create_dir_all(src.join("include")).unwrap();
+        write_sources(&src);
         fs::create_dir_all(&build).unwrap();
-        for (path, text) in
-            [("a.c", A_C), ("b.c", B_C), ("c.c", C_C), ("include/common.h", COMMON_H), ("include/other.h", OTHER_H)]
-        {
-            fs::write(src.join(path), text).unwrap();
-        }
         let mounts = vec![Mount::ro(&src, "/kraft/src"), Mount::rw(&build, "/kraft/build")];
         let sandbox = match backend {
             Some(b) => Sandbox::with_backend(mounts, vec![], b).unwrap(),

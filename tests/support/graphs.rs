@@ -31,6 +31,16 @@ pub const APP_OUTPUT: &str = "sum=42 other=7\n";
 /// The compile actions (with depfiles).
 pub const COMPILES: [&str; 3] = ["libab/a.o", "libab/b.o", "app/c.o"];
 
+/// The sources every graph here compiles, written into `src`.
+pub fn write_sources(src: &Utf8Path) {
+    fs::create_dir_all(src.join("include")).unwrap();
+    for (path, text) in
+        [("a.c", A_C), ("b.c", B_C), ("c.c", C_C), ("include/common.h", COMMON_H), ("include/other.h", OTHER_H)]
+    {
+        fs::write(src.join(path), text).unwrap();
+    }
+}
+
 pub fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -123,13 +133,8 @@ impl Client {
         let root = Utf8Path::from_path(dir.path()).unwrap().to_owned();
         let src = root.join("src");
         let build = root.join("build");
-        fs::create_dir_all(src.join("include")).unwrap();
+        write_sources(&src);
         fs::create_dir_all(&build).unwrap();
-        for (path, text) in
-            [("a.c", A_C), ("b.c", B_C), ("c.c", C_C), ("include/common.h", COMMON_H), ("include/other.h", OTHER_H)]
-        {
-            fs::write(src.join(path), text).unwrap();
-        }
         let mounts = vec![Mount::ro(&src, "/kraft/src"), Mount::rw(&build, "/kraft/build")];
         let sandbox = Sandbox::new(mounts, vec![]).unwrap();
         Client {

@@ -398,11 +398,11 @@ pub(crate) fn tool_versions(sandbox: &Sandbox) -> Result<String> {
 /// `<build>/.kraft-plan`: the plan key the build dir was prepared for.
 const MARKER: &str = ".kraft-plan";
 
-fn read_marker(build: &Utf8Path) -> Option<String> {
+pub(crate) fn read_marker(build: &Utf8Path) -> Option<String> {
     std::fs::read_to_string(build.join(MARKER)).ok().map(|s| s.trim().to_string())
 }
 
-fn write_marker(build: &Utf8Path, key: &str) -> Result<()> {
+pub(crate) fn write_marker(build: &Utf8Path, key: &str) -> Result<()> {
     std::fs::write(build.join(MARKER), key).with_context(|| format!("writing {}", build.join(MARKER)))
 }
 
@@ -625,17 +625,7 @@ fn unquote(s: &str) -> String {
 /// Lexical normalization against `base`: absolute result, no `.`/`..`/`//`.
 fn normalize(base: &Utf8Path, p: &str) -> Utf8PathBuf {
     let joined = if p.starts_with('/') { p.to_string() } else { format!("{base}/{p}") };
-    let mut parts: Vec<&str> = Vec::new();
-    for c in joined.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    Utf8PathBuf::from(format!("/{}", parts.join("/")))
+    crate::fingerprint::normalize(Utf8Path::new(&joined))
 }
 
 /// Shell-ish words of a script: quotes removed, operators as their own words.

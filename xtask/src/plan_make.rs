@@ -102,11 +102,6 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Marker in the build dir: the key it was prepared for.
-fn marker(build: &Utf8Path) -> Utf8PathBuf {
-    build.join(".kraft-plan-key")
-}
-
 /// Plans `input`; see the module docs. `cache_dir` is shared with
 /// [`plan::plan`] (`<store>/plans`): keys of the two kinds never collide.
 pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
@@ -117,11 +112,10 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
         if let Some((graph, warnings)) = plan::load_cached(entry)? {
-            let prepared = std::fs::read_to_string(marker(&input.build)).ok();
-            if prepared.as_deref().map(str::trim) != Some(key.as_str()) {
+            if plan::read_marker(&input.build).as_deref() != Some(key.as_str()) {
                 plan::clear_dir(&input.build)?;
                 plan::copy_tree(&entry.join("prepared"), &input.build)?;
-                std::fs::write(marker(&input.build), &key)?;
+                plan::write_marker(&input.build, &key)?;
             }
             return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
         }
@@ -163,7 +157,7 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
     if let Some(entry) = &entry {
         plan::store_cached(entry, &graph, &warnings, &input.build)?;
     }
-    std::fs::write(marker(&input.build), &key)?;
+    plan::write_marker(&input.build, &key)?;
     Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
 }
 
