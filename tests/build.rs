@@ -283,6 +283,6 @@ fn a_difference_is_located_in_its_elf_section() {
     };
     let a = compile("a", "2024-01-01");
     let b = compile("b", "2024-01-02");
-    let located = kraft_xtask::commands::repro::first_differing_section(&a, &b);
+    let located = kraft::repro::first_differing_section(&a, &b);
     assert!(located.contains("section .rodata"), "{located}");
 }

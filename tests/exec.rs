@@ -20,13 +20,13 @@ use std::fs;
 use std::sync::Mutex;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::exec::{execute, ActionFailed, BuildReport, Event, ExecContext};
-use kraft_xtask::explain::{self, Filter};
-use kraft_xtask::fingerprint::DirtyReason;
-use kraft_xtask::graph::Graph;
-use kraft_xtask::sandbox::{Backend, Mount, Sandbox};
-use kraft_xtask::state::{BuildState, Outcome};
-use kraft_xtask::store::Store;
+use kraft::exec::{execute, ActionFailed, BuildReport, Event, ExecContext};
+use kraft::exec::explain::{self, Filter};
+use kraft::exec::fingerprint::DirtyReason;
+use kraft::plan::graph::Graph;
+use kraft::exec::sandbox::{Backend, Mount, Sandbox};
+use kraft::exec::state::{BuildState, Outcome};
+use kraft::store::Store;
 
 #[path = "support/graphs.rs"]
 mod graphs;

@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::kraftfile::{self, Kraftfile, Source, FILE_NAMES};
-use kraft_xtask::{Diagnostic, Location};
+use kraft::source::kraftfile::{self, Kraftfile, Source, FILE_NAMES};
+use kraft::{Diagnostic, Location};
 
 fn repo() -> Utf8PathBuf {
     let manifest = Utf8Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -4,7 +4,7 @@
 mod support;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::lock::Lock;
+use kraft::source::lock::Lock;
 use support::*;
 
 struct World {

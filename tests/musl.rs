@@ -12,12 +12,12 @@
 use std::process::Command;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::commands::sysroot::{build_musl, SysrootOptions};
-use kraft_xtask::fetch::{Fetcher, NetworkMode};
-use kraft_xtask::graph::ActionKind;
-use kraft_xtask::mirror::Mirrors;
-use kraft_xtask::recipe::{ComponentKind, RecipeBook};
-use kraft_xtask::store::Store;
+use kraft::pipeline::sysroot::{build_musl, SysrootOptions};
+use kraft::source::fetch::{Fetcher, NetworkMode};
+use kraft::plan::graph::ActionKind;
+use kraft::source::mirror::Mirrors;
+use kraft::source::recipe::{ComponentKind, RecipeBook};
+use kraft::store::Store;
 
 const TARBALL: &str = "musl-1.2.3.tar.gz";
 
@@ -85,7 +85,7 @@ fn upstream_musl_sysroot() {
     //    configured copy of the release.
     let fresh = root.join("fresh");
     std::fs::create_dir(&fresh).unwrap();
-    kraft_xtask::archive::unpack_tar_gz(&archives.join(TARBALL), &fresh).unwrap();
+    kraft::store::archive::unpack_tar_gz(&archives.join(TARBALL), &fresh).unwrap();
     let tree = fresh.join("musl-1.2.3");
     sh("./configure >/dev/null", &tree);
     let libc_only = count_compiles(&sh("make -n lib/libc.a", &tree));
@@ -129,17 +129,17 @@ fn upstream_musl_sysroot() {
     // 5. A local copy of the source in a fresh work dir, warm store: the
     //    actions' keys do not depend on where the tree lives, so nothing runs.
     let src = root.join("src");
-    kraft_xtask::plan::copy_tree(&tree, &src).unwrap();
+    kraft::plan::copy_tree(&tree, &src).unwrap();
     sh("rm -f config.mak", &src); // the in-tree configure of step 2
     let local = SysrootOptions { source: Some(src.clone()), work: root.join("work2"), out: root.join("sysroot2"), jobs: 2 };
     let warm = build_musl(&fetcher, &recipes, &local).unwrap();
     let ran_log = |work: &str| -> Vec<String> {
-        let state = kraft_xtask::state::BuildState::load(&root.join(work).join("state.json"));
+        let state = kraft::exec::state::BuildState::load(&root.join(work).join("state.json"));
         state
             .last_build
             .entries
             .iter()
-            .filter(|e| e.outcome == kraft_xtask::state::Outcome::Ran)
+            .filter(|e| e.outcome == kraft::exec::state::Outcome::Ran)
             .map(|e| format!("{} ({})", e.name, e.reason))
             .collect()
     };
@@ -154,8 +154,8 @@ fn upstream_musl_sysroot() {
     let edited = build_musl(&fetcher, &recipes, &local).unwrap();
     assert!(edited.plan.cached, "editing a .c file does not replan");
     let ran: Vec<String> = {
-        let state = kraft_xtask::state::BuildState::load(&root.join("work2/state.json"));
-        state.last_build.entries.iter().filter(|e| e.outcome == kraft_xtask::state::Outcome::Ran).map(|e| e.name.clone()).collect()
+        let state = kraft::exec::state::BuildState::load(&root.join("work2/state.json"));
+        state.last_build.entries.iter().filter(|e| e.outcome == kraft::exec::state::Outcome::Ran).map(|e| e.name.clone()).collect()
     };
     let compiles_ran: Vec<&String> = ran
         .iter()

@@ -18,7 +18,7 @@ mod support;
 use std::process::Command;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::lock::{Lock, LockedComponent};
+use kraft::source::lock::{Lock, LockedComponent};
 use serde_json::{json, Value};
 use support::*;
 
@@ -271,7 +271,7 @@ fn nix_fetches_the_trees_and_archives_the_tool_locked() {
         let src = Utf8PathBuf::from(tree["src"].as_str().unwrap());
         assert!(src.starts_with(nix.dir.join("store")), "{src} is in the test's Nix store");
         assert_eq!(
-            kraft_xtask::store::tree_hash(&src).unwrap(),
+            kraft::store::tree_hash(&src).unwrap(),
             *c.tree_blake3.as_ref().unwrap(),
             "blake3 of the tree Nix fetched for {}",
             c.name

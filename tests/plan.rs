@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::graph::{ActionKind, Graph};
-use kraft_xtask::plan::{self, PlanInput, Target, UnitRule};
-use kraft_xtask::sandbox::Sandbox;
+use kraft::plan::graph::{ActionKind, Graph};
+use kraft::plan::{self, PlanInput, Target, UnitRule};
+use kraft::exec::sandbox::Sandbox;
 
 fn fixtures() -> Utf8PathBuf {
     Utf8Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("fixtures")
@@ -283,7 +283,7 @@ fn real_unikraft_helloworld() {
 /// one action owns the file and a no-op build has nothing to redo.
 #[test]
 fn in_place_steps_fold_into_their_producer() {
-    use kraft_xtask::graph::{Action, ActionId, Graph};
+    use kraft::plan::graph::{Action, ActionId, Graph};
     let p = |s: &str| Utf8PathBuf::from(s);
     let action = |id: usize, name: &str, kind: ActionKind, inputs: &[&str], outputs: &[&str], deps: &[usize]| Action {
         id: ActionId(id),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use camino::{Utf8Path, Utf8PathBuf};
 use graphs::{set, Client, APP_OUTPUT, COMPILES};
 use hmac::{Hmac, Mac};
-use kraft_xtask::remote::{RemoteCache, RemoteOptions, NO_SECRET_WARNING};
+use kraft::cache::http::{RemoteCache, RemoteOptions, NO_SECRET_WARNING};
 use sha2::{Digest, Sha256};
 
 const NGINX: &str = "/usr/sbin/nginx";
@@ -413,7 +413,7 @@ fn local_entry_for(client: &Client, output: &str) -> (Utf8PathBuf, String) {
 
 #[test]
 fn verify_checks_action_cache_entries_and_their_blobs() {
-    use kraft_xtask::cache::ActionCache;
+    use kraft::cache::local::ActionCache;
     let client = Client::new();
     client.build(None);
     let ac = ActionCache::new(&client.store);
@@ -437,7 +437,7 @@ fn verify_checks_action_cache_entries_and_their_blobs() {
 
 #[test]
 fn gc_keeps_locked_sources_and_recent_entries_and_honours_max_size() {
-    use kraft_xtask::cache::{collect_garbage, GcOptions};
+    use kraft::cache::local::{collect_garbage, GcOptions};
     let client = Client::new();
     client.build(None);
     let store = &client.store;
@@ -485,5 +485,5 @@ fn gc_keeps_locked_sources_and_recent_entries_and_honours_max_size() {
     let r = collect_garbage(store, &GcOptions { max_size: Some(1), ..keep }).unwrap();
     assert!(r.over_budget);
     assert!(store.has_tree(&trees[0]));
-    assert!(kraft_xtask::cache::ActionCache::new(store).verify(false).unwrap().entries_checked == 0);
+    assert!(kraft::cache::local::ActionCache::new(store).verify(false).unwrap().entries_checked == 0);
 }

@@ -11,9 +11,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::archive::{unpack_tar, unpack_tar_gz, unpack_tar_named};
-use kraft_xtask::nar::{nar_hash, write_nar};
-use kraft_xtask::store::{blake3_file, sha256_file, tree_hash, EntryKind, Store};
+use kraft::store::archive::{unpack_tar, unpack_tar_gz, unpack_tar_named};
+use kraft::store::nar::{nar_hash, write_nar};
+use kraft::store::{blake3_file, sha256_file, tree_hash, EntryKind, Store};
 use sha2::Digest;
 
 fn utf8(p: &Path) -> Utf8PathBuf {
@@ -332,7 +332,7 @@ fn insert_tree_mismatch_names_both_hashes_and_origin() {
         assert!(msg.contains(&wrong), "{msg}");
         assert!(msg.contains(&actual), "{msg}");
         assert!(msg.contains(origin), "{msg}");
-        assert!(err.downcast_ref::<kraft_xtask::Diagnostic>().is_some(), "a user-facing diagnostic");
+        assert!(err.downcast_ref::<kraft::Diagnostic>().is_some(), "a user-facing diagnostic");
         assert_eq!(dir_entries(&store.root().join("trees")), Vec::<String>::new(), "nothing inserted");
         assert!(!store.has_tree(&actual) && !store.has_tree(&wrong));
         assert!(staged.join("README").is_file(), "staged tree left for the caller");
@@ -715,7 +715,7 @@ fn good_tarball_unpacks_with_normalized_modes() {
     assert_eq!(fs::read(dest.join(&long)).unwrap(), b"lc");
     assert!(!dest.join("pax_global_header").exists());
     assert_eq!(
-        kraft_xtask::archive::single_top_level_dir(&dest).unwrap(),
+        kraft::store::archive::single_top_level_dir(&dest).unwrap(),
         Some(dest.join("proj"))
     );
 }

@@ -13,12 +13,12 @@ use std::fs;
 use std::sync::Mutex;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use kraft_xtask::exec::{execute, BuildReport, Event, ExecContext};
-use kraft_xtask::graph::{Action, ActionId, ActionKind, Graph};
-use kraft_xtask::remote::RemoteCache;
-use kraft_xtask::sandbox::{Mount, Sandbox};
-use kraft_xtask::state::Outcome;
-use kraft_xtask::store::Store;
+use kraft::exec::{execute, BuildReport, Event, ExecContext};
+use kraft::plan::graph::{Action, ActionId, ActionKind, Graph};
+use kraft::cache::http::RemoteCache;
+use kraft::exec::sandbox::{Mount, Sandbox};
+use kraft::exec::state::Outcome;
+use kraft::store::Store;
 
 pub const COMMON_H: &str = "#define A_VALUE 40\n#define B_VALUE 2\n";
 pub const OTHER_H: &str = "#define OTHER 7\n";

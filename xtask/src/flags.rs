@@ -3,7 +3,8 @@
 use camino::Utf8PathBuf;
 use clap::{Args, Parser, Subcommand};
 
-use crate::output::MessageFormat;
+use kraft::output::MessageFormat;
+use kraft::session::Options;
 
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", about = "Content-addressed builds of Unikraft unikernels", version)]
@@ -32,7 +33,7 @@ pub struct Global {
     #[arg(short = 'K', long, global = true, value_name = "FILE")]
     pub kraftfile: Option<Utf8PathBuf>,
     /// `human` (plain lines) or `json` (one object per event).
-    #[arg(long, global = true, value_enum, default_value_t = MessageFormat::Human)]
+    #[arg(long, global = true, value_parser = parse_message_format, default_value = "human")]
     pub message_format: MessageFormat,
     /// Shared cache speaking bazel-remote's HTTP protocol [default: $KRAFT_REMOTE_CACHE,
     /// else `remote-cache` in [workspace.metadata.kraft]]. Needs KRAFT_CACHE_SECRET.
@@ -41,6 +42,30 @@ pub struct Global {
     /// Parallel jobs [default: number of cores].
     #[arg(short = 'j', long, global = true)]
     pub jobs: Option<usize>,
+}
+
+impl Global {
+    /// The library's view of these flags.
+    pub fn options(&self) -> Options {
+        Options {
+            locked: self.locked,
+            frozen: self.frozen,
+            offline: self.offline,
+            store: self.store.clone(),
+            kraftfile: self.kraftfile.clone(),
+            message_format: self.message_format,
+            remote_cache: self.remote_cache.clone(),
+            jobs: self.jobs,
+        }
+    }
+}
+
+fn parse_message_format(text: &str) -> Result<MessageFormat, String> {
+    match text {
+        "human" => Ok(MessageFormat::Human),
+        "json" => Ok(MessageFormat::Json),
+        other => Err(format!("`{other}` is not a message format; use `human` or `json`")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

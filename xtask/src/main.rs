@@ -1,15 +1,17 @@
-//! `cargo xtask`: parse flags, build a session, dispatch to a command.
+//! `cargo xtask`: parse flags, open a session, dispatch to a command.
+
+mod commands;
+mod flags;
 
 use std::process::ExitCode;
 
 use camino::Utf8PathBuf;
 use clap::Parser;
-use kraft_xtask::flags::{Command, Flags};
-use kraft_xtask::output::Output;
-use kraft_xtask::resolve::Update;
-use kraft_xtask::session::Session;
-use kraft_xtask::workspace::Workspace;
-use kraft_xtask::commands;
+use kraft::output::Output;
+use kraft::session::Session;
+use kraft::source::workspace::Workspace;
+
+use flags::{Command, Flags};
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
@@ -24,26 +26,20 @@ fn main() -> ExitCode {
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
-    let cwd = Utf8PathBuf::from_path_buf(std::env::current_dir()?).map_err(|p| anyhow::anyhow!("non-UTF-8 directory {}", p.display()))?;
+    let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("reading the current directory: {e}"))?;
+    let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|p| anyhow::anyhow!("non-UTF-8 directory {}", p.display()))?;
     let workspace = Workspace::discover(&cwd)?;
-    let session = Session::new(workspace, &flags.global)?;
+    let session = Session::new(workspace, &flags.global.options())?;
     match &flags.command {
-        Command::Lock(args) => commands::lock::lock_app(&session, &args.app, Update::Nothing).map(drop),
-        Command::Update(args) => {
-            let update = if args.components.is_empty() { Update::All } else { Update::Only(args.components.clone()) };
-            commands::lock::lock_app(&session, &args.app, update).map(drop)
-        }
-        Command::Fetch(args) => commands::lock::fetch_app(&session, &args.app).map(drop),
+        Command::Lock(args) => commands::lock::lock(&session, args),
+        Command::Update(args) => commands::lock::update(&session, args),
+        Command::Fetch(args) => commands::lock::fetch(&session, args),
         Command::Cache(args) => commands::cache::run(&session, &args.command),
-        Command::Build(args) if args.check_repro => commands::repro::check(&session, &args.app, args.target.as_deref()),
-        Command::Build(args) => commands::build::build_app(&session, &args.app, args.target.as_deref()).map(drop),
+        Command::Build(args) => commands::build::run(&session, args),
         Command::Run(args) => commands::run::run(&session, args),
         Command::Graph(args) => commands::graph::run(&session, args),
         Command::Explain(args) => commands::explain::run(&session, args),
         Command::Sysroot(args) => commands::sysroot::run(&session, &args.component, args.source.as_deref(), args.out.as_deref()),
-        Command::Bench(args) => {
-            let opts = commands::bench::BenchOptions { runs: args.runs.max(1), filter: args.filter.clone(), jobs: session.jobs };
-            commands::bench::run(&session, &opts).map(drop)
-        }
+        Command::Bench(args) => commands::bench::run(&session, &commands::bench::BenchOptions::from_args(args, session.jobs)).map(drop),
     }
 }

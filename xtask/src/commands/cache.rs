@@ -2,9 +2,9 @@
 
 use camino::Utf8PathBuf;
 
-use crate::cache::{collect_garbage, ActionCache, GcOptions};
+use kraft::cache::local::{collect_garbage, ActionCache, GcOptions};
 use crate::flags::{CacheCommand, GcArgs};
-use crate::session::Session;
+use kraft::session::Session;
 
 pub fn run(session: &Session, command: &CacheCommand) -> anyhow::Result<()> {
     match command {
@@ -40,7 +40,7 @@ fn gc(session: &Session, args: &GcArgs) -> anyhow::Result<()> {
     let mut locks: Vec<Utf8PathBuf> = args.locks.clone();
     let apps = session.workspace.apps_dir();
     for entry in walkdir::WalkDir::new(&apps).max_depth(4).follow_links(true).into_iter().filter_map(Result::ok) {
-        if entry.file_name() == crate::lock::FILE_NAME {
+        if entry.file_name() == kraft::source::lock::FILE_NAME {
             if let Ok(path) = Utf8PathBuf::from_path_buf(entry.path().to_owned()) {
                 locks.push(path);
             }
@@ -53,7 +53,7 @@ fn gc(session: &Session, args: &GcArgs) -> anyhow::Result<()> {
         ..GcOptions::default()
     };
     for path in &locks {
-        let Some(file) = crate::lock::Lock::read(path)? else {
+        let Some(file) = kraft::source::lock::Lock::read(path)? else {
             anyhow::bail!("{path}: no such lock file");
         };
         for c in &file.lock.components {
@@ -77,7 +77,7 @@ fn gc(session: &Session, args: &GcArgs) -> anyhow::Result<()> {
         ),
     );
     if r.over_budget {
-        session.output.warning(&crate::diag::Diagnostic::new(format!(
+        session.output.warning(&kraft::diag::Diagnostic::new(format!(
             "the store is still over --max-size: the locked sources alone take {:.1} MiB",
             mib(r.kept_bytes)
         )));

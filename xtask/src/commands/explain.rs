@@ -1,13 +1,13 @@
 //! `explain`: why each action of the last build ran, from the engine's own
 //! record of the reason it used.
 
-use crate::explain::{self, Filter};
+use kraft::exec::explain::{self, Filter};
 use crate::flags::ExplainArgs;
-use crate::session::Session;
+use kraft::session::Session;
 
 pub fn run(session: &Session, args: &ExplainArgs) -> anyhow::Result<()> {
     let app = session.workspace.app(&args.app, session.kraftfile.as_deref())?;
-    let kraftfile = crate::kraftfile::load(&app.kraftfile)?;
+    let kraftfile = kraft::source::kraftfile::load(&app.kraftfile)?;
     let filter = match &args.what {
         Some(what) => Filter::Any(what.clone()),
         None => Filter::All,

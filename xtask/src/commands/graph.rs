@@ -1,14 +1,14 @@
 //! `graph`: the planned action graph, as text or Graphviz dot.
 
 use crate::flags::{GraphArgs, GraphFormat};
-use crate::session::Session;
+use kraft::session::Session;
 
 pub fn run(session: &Session, args: &GraphArgs) -> anyhow::Result<()> {
-    let (locked, trees) = super::lock::fetch_app(session, &args.app)?;
-    for target in super::build::select_targets(&locked, args.target.as_deref())? {
-        let prepared = super::build::prepare(session, &locked, &trees, target)?;
+    let (locked, trees) = kraft::source::app::fetch_app(session, &args.app)?;
+    for target in kraft::pipeline::target::select_targets(&locked, args.target.as_deref())? {
+        let prepared = kraft::pipeline::target::prepare(session, &locked, &trees, target)?;
         std::fs::create_dir_all(&prepared.out_dir)?;
-        let plan = crate::plan::plan(&prepared.input, Some(&session.store.root().join("plans")))?;
+        let plan = kraft::plan::plan(&prepared.input, Some(&session.store.root().join("plans")))?;
         let graph = &plan.graph;
         match args.format {
             GraphFormat::Text => {

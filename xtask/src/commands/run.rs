@@ -6,12 +6,12 @@ use std::process::Command;
 
 use anyhow::Context;
 
-use crate::diag::Diagnostic;
+use kraft::diag::Diagnostic;
 use crate::flags::RunArgs;
-use crate::session::Session;
+use kraft::session::Session;
 
 pub fn run(session: &Session, args: &RunArgs) -> anyhow::Result<()> {
-    let (_, builds) = super::build::build_app(session, &args.app, args.target.as_deref())?;
+    let (_, builds) = kraft::pipeline::target::build_app(session, &args.app, args.target.as_deref())?;
     let build = builds.first().context("no target was built")?;
     let image = build.image.clone().ok_or_else(|| {
         Diagnostic::new(format!("{}: the build produced no image", build.target)).help("see `cargo xtask graph` for the final link")

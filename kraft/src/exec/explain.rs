@@ -3,7 +3,7 @@
 //!
 //! Reads the build dir's state and lists, for every action that ran, was
 //! restored from the cache, or failed in the last build, its
-//! [`DirtyReason`](crate::fingerprint::DirtyReason): the input or header that
+//! [`DirtyReason`](crate::exec::fingerprint::DirtyReason): the input or header that
 //! changed with its old and new hash, a missing output, a changed command or
 //! toolchain. Up-to-date actions are not listed.
 
@@ -11,7 +11,7 @@ use std::fmt;
 
 use camino::Utf8Path;
 
-use crate::state::{BuildState, LogEntry, Outcome};
+use crate::exec::state::{BuildState, LogEntry, Outcome};
 
 /// Which log entries to show.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

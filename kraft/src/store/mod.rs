@@ -23,6 +23,9 @@
 //!   lock (`flock` on `locks/…`), and a rename never replaces a complete
 //!   entry with anything but the same content.
 
+pub mod archive;
+pub mod nar;
+
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

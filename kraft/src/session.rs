@@ -3,17 +3,38 @@
 
 use camino::Utf8PathBuf;
 
-use crate::fetch::{Fetcher, NetworkMode};
-use crate::flags::Global;
-use crate::mirror::Mirrors;
+use crate::source::fetch::{Fetcher, NetworkMode};
+use crate::output::MessageFormat;
+use crate::source::mirror::Mirrors;
 use crate::output::Output;
-use crate::recipe::RecipeBook;
+use crate::source::recipe::RecipeBook;
 use crate::store::Store;
-use crate::workspace::Workspace;
+use crate::source::workspace::Workspace;
+
+/// The choices a command line makes; `cargo xtask` builds it from its global
+/// flags.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Fail if kraft.lock is missing or would change.
+    pub locked: bool,
+    /// `locked` plus `offline`.
+    pub frozen: bool,
+    /// Only the store and local mirrors; never the network.
+    pub offline: bool,
+    /// The store root; `None`: [`Store::default_root`].
+    pub store: Option<Utf8PathBuf>,
+    /// A Kraftfile to read instead of looking one up in the app directory.
+    pub kraftfile: Option<Utf8PathBuf>,
+    pub message_format: MessageFormat,
+    /// The shared cache URL; `Some("")` turns it off.
+    pub remote_cache: Option<String>,
+    /// Parallel jobs; `None`: the number of cores.
+    pub jobs: Option<usize>,
+}
 
 pub struct Session {
-    /// The flags it was made from (to make variants of it).
-    pub global: Global,
+    /// The options it was made from (to make variants of it).
+    pub options: Options,
     pub workspace: Workspace,
     pub store: Store,
     pub mirrors: Mirrors,
@@ -25,11 +46,11 @@ pub struct Session {
     pub output: Output,
     pub kraftfile: Option<Utf8PathBuf>,
     /// The shared cache, if configured (flag > KRAFT_REMOTE_CACHE > workspace).
-    pub remote: Option<crate::remote::RemoteCache>,
+    pub remote: Option<crate::cache::http::RemoteCache>,
 }
 
 impl Session {
-    pub fn new(workspace: Workspace, global: &Global) -> anyhow::Result<Session> {
+    pub fn new(workspace: Workspace, global: &Options) -> anyhow::Result<Session> {
         let store_root = match &global.store {
             Some(dir) => dir.clone(),
             None => Store::default_root()?,
@@ -39,7 +60,7 @@ impl Session {
         let recipes = RecipeBook::load(&workspace.recipes_dirs())?;
         let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
         Ok(Session {
-            global: global.clone(),
+            options: global.clone(),
             store,
             mirrors,
             recipes,
@@ -48,7 +69,7 @@ impl Session {
             jobs: global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             output: Output::new(global.message_format),
             kraftfile: global.kraftfile.clone(),
-            remote: crate::remote::RemoteCache::from_env(global.remote_cache.as_deref(), workspace.metadata.remote_cache.as_deref())
+            remote: crate::cache::http::RemoteCache::from_env(global.remote_cache.as_deref(), workspace.metadata.remote_cache.as_deref())
                 .map(|r| r.with_warnings(|message| eprintln!("warning: {message}"))),
             workspace,
         })

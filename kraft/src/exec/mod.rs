@@ -20,6 +20,12 @@
 //! action's outputs are deleted and it is not recorded. The state (records of
 //! everything that did finish, stat cache, log) is saved in every case.
 
+pub mod explain;
+pub mod fingerprint;
+pub mod noop;
+pub mod sandbox;
+pub mod state;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
@@ -32,12 +38,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::cache::{ActionCache, CachedOutput, Entry};
-use crate::fingerprint::{self, env_hash, key_from, DirtyReason, Fingerprint, Hash, Toolchain, ToolchainSpec};
-use crate::graph::{Action, ActionId, Graph, SANDBOX_ROOT};
-use crate::remote::RemoteCache;
-use crate::sandbox::Sandbox;
-use crate::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, OutputRecord, StatCache};
+use crate::cache::local::{ActionCache, CachedOutput, Entry};
+use crate::exec::fingerprint::{env_hash, key_from, DirtyReason, Fingerprint, Hash, Toolchain, ToolchainSpec};
+use crate::plan::graph::{Action, ActionId, Graph, SANDBOX_ROOT};
+use crate::cache::http::RemoteCache;
+use crate::exec::sandbox::Sandbox;
+use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, OutputRecord, StatCache};
 use crate::store::Store;
 
 /// What the engine needs from a sandbox. Implemented by [`Sandbox`]; tests
@@ -118,7 +124,7 @@ pub struct ExecContext<'a> {
     pub toolchain: ToolchainSpec,
     pub events: &'a (dyn Fn(&Event<'_>) + Sync),
     /// The team cache behind the local action cache (default: none). See
-    /// [`crate::remote`]: it never fails a build.
+    /// [`crate::cache::http`]: it never fails a build.
     pub remote: Option<&'a RemoteCache>,
 }
 
@@ -420,7 +426,7 @@ impl Shared<'_> {
         let mut cached = Vec::new();
         for out in &action.outputs {
             let host = self.host(out)?;
-            let hashed_at = crate::state::now_ns();
+            let hashed_at = crate::exec::state::now_ns();
             let (c, stamp) = self.cache.store_output(out, &host)?;
             let hash = Hash::from_hex(&c.blake3).context("store returned a malformed blob hash")?;
             self.stats.note_hashed();
@@ -545,7 +551,7 @@ mod probe_memo {
     pub fn save(memo: &Utf8Path, script: &str, text: &str) {
         if let Some(stamps) = stamps(text) {
             let value = serde_json::json!({"script": script, "output": text, "stamps": stamps});
-            let _ = crate::state::write_atomic(memo, value.to_string().as_bytes());
+            let _ = crate::exec::state::write_atomic(memo, value.to_string().as_bytes());
         }
     }
 }
@@ -557,7 +563,7 @@ mod probe_memo {
 /// engine itself (state file, store).
 pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildReport> {
     let start = Instant::now();
-    let started_ns = crate::state::now_ns();
+    let started_ns = crate::exec::state::now_ns();
     let _lock = lock_build_dir(&ctx.state_path)?;
     let BuildState { actions: mut records, stats, last_build: _, toolchain: old_toolchain } = BuildState::load(&ctx.state_path);
 

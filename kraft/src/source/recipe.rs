@@ -22,11 +22,11 @@ use crate::diag::{Diagnostic, Location};
 
 /// Recipes shipped with the tool (the repository's `recipes/`).
 const BUILTIN: &[(&str, &str)] = &[
-    ("unikraft.toml", include_str!("../../recipes/unikraft.toml")),
-    ("musl.toml", include_str!("../../recipes/musl.toml")),
-    ("lwip.toml", include_str!("../../recipes/lwip.toml")),
-    ("app.toml", include_str!("../../recipes/app.toml")),
-    ("musl-upstream.toml", include_str!("../../recipes/musl-upstream.toml")),
+    ("unikraft.toml", include_str!("../../../recipes/unikraft.toml")),
+    ("musl.toml", include_str!("../../../recipes/musl.toml")),
+    ("lwip.toml", include_str!("../../../recipes/lwip.toml")),
+    ("app.toml", include_str!("../../../recipes/app.toml")),
+    ("musl-upstream.toml", include_str!("../../../recipes/musl-upstream.toml")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

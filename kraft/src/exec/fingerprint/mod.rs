@@ -40,8 +40,8 @@ use std::fmt;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::Action;
-use crate::state::StatCache;
+use crate::plan::graph::Action;
+use crate::exec::state::StatCache;
 
 pub type Hash = blake3::Hash;
 

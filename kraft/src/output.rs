@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use crate::diag::Diagnostic;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MessageFormat {
     #[default]
     Human,

@@ -30,10 +30,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::graph::{ActionKind, Graph, SANDBOX_ROOT};
+use crate::plan::graph::{ActionKind, Graph, SANDBOX_ROOT};
 use crate::plan::{self, inside_build, Plan, PLAN_FORMAT};
-use crate::recipe::{MakeSpec, Recipe};
-use crate::sandbox::{Mount, Sandbox};
+use crate::source::recipe::{MakeSpec, Recipe};
+use crate::exec::sandbox::{Mount, Sandbox};
 
 /// Everything planning a make-based component needs. Host paths absolute.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item, Table};
 
 use crate::diag::{Diagnostic, Location};
-use crate::recipe::line_col;
+use crate::source::recipe::line_col;
 
 pub const FILE_NAME: &str = "kraft.lock";
 pub const FORMAT_VERSION: i64 = 1;

@@ -15,6 +15,14 @@ use serde::Serialize;
 type Step<'a> = Box<dyn FnMut(usize) -> Result<()> + 'a>;
 
 /// One side of a scenario: untimed preparation, timed work.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub runs: usize,
+    /// Only scenarios whose name contains this.
+    pub filter: Option<String>,
+    pub jobs: usize,
+}
+
 pub struct Side<'a> {
     pub prepare: Step<'a>,
     pub run: Step<'a>,
@@ -127,5 +135,11 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!((r.ours_s.len(), r.baseline_s.len()), (3, 3));
         assert!(r.ratio_min <= r.ratio_median && r.ratio_median <= r.ratio_max);
+    }
+}
+
+impl BenchOptions {
+    pub fn from_args(args: &crate::flags::BenchArgs, jobs: usize) -> BenchOptions {
+        BenchOptions { runs: args.runs.max(1), filter: args.filter.clone(), jobs }
     }
 }

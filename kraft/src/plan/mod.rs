@@ -30,6 +30,9 @@
 //! and every later action depends on it. In Unikraft they only occur before
 //! the first compile and after the final link, so this costs no parallelism.
 
+pub mod graph;
+pub mod upstream;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -38,8 +41,8 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::graph::{Action, ActionId, ActionKind, Graph, SANDBOX_ROOT};
-use crate::sandbox::{Mount, Sandbox};
+use crate::plan::graph::{Action, ActionId, ActionKind, Graph, SANDBOX_ROOT};
+use crate::exec::sandbox::{Mount, Sandbox};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
 pub const PLAN_FORMAT: u32 = 3;
@@ -280,7 +283,7 @@ pub(crate) fn is_symlink_command(script: &str) -> bool {
     (program == "ln" || program.ends_with("/ln")) && words.next().is_some_and(|flag| flag.starts_with('-') && flag.contains('s'))
 }
 
-pub(crate) fn tail(s: &str, n: usize) -> String {
+pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
     if !out.is_empty() {
@@ -625,7 +628,7 @@ fn unquote(s: &str) -> String {
 /// Lexical normalization against `base`: absolute result, no `.`/`..`/`//`.
 fn normalize(base: &Utf8Path, p: &str) -> Utf8PathBuf {
     let joined = if p.starts_with('/') { p.to_string() } else { format!("{base}/{p}") };
-    crate::fingerprint::normalize(Utf8Path::new(&joined))
+    crate::exec::fingerprint::normalize(Utf8Path::new(&joined))
 }
 
 /// Shell-ish words of a script: quotes removed, operators as their own words.

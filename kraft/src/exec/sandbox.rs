@@ -2,7 +2,7 @@
 //! scripts).
 //!
 //! Every build command sees the same fixed file system layout, rooted at
-//! [`SANDBOX_ROOT`](crate::graph::SANDBOX_ROOT) (`/kraft`):
+//! [`SANDBOX_ROOT`](crate::plan::graph::SANDBOX_ROOT) (`/kraft`):
 //!
 //! | inside                  | host                                  | access     |
 //! |-------------------------|---------------------------------------|------------|
@@ -124,8 +124,8 @@ impl Sandbox {
         backend: Backend,
     ) -> Result<Sandbox> {
         for m in &mut mounts {
-            if !m.inside.is_absolute() || !m.inside.starts_with(crate::graph::SANDBOX_ROOT) {
-                bail!("sandbox mount {} must be under {}", m.inside, crate::graph::SANDBOX_ROOT);
+            if !m.inside.is_absolute() || !m.inside.starts_with(crate::plan::graph::SANDBOX_ROOT) {
+                bail!("sandbox mount {} must be under {}", m.inside, crate::plan::graph::SANDBOX_ROOT);
             }
             // Canonical host paths so that `realpath` in make (none backend)
             // prints exactly what `rewrite_to_inside` maps back.

@@ -23,7 +23,7 @@ use std::os::unix::fs::MetadataExt;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::state::now_ns;
+use crate::exec::state::now_ns;
 
 /// Files written this close to the snapshot are not trusted (ns).
 const RACY_NS: i64 = 20_000_000;
@@ -73,7 +73,7 @@ pub fn record(path: &Utf8Path, key: &str, actions: usize, units: usize, files: &
     }
     let snapshot = Snapshot { key: key.to_string(), actions, units, taken_ns, files: stamped };
     if let Ok(bytes) = serde_json::to_vec(&snapshot) {
-        let _ = crate::state::write_atomic(path, &bytes);
+        let _ = crate::exec::state::write_atomic(path, &bytes);
     }
 }
 

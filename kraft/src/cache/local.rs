@@ -22,7 +22,7 @@
 //!   destination, verified against its hash, and only then are all renamed
 //!   into place.
 //!
-//! A remote tier ([`crate::remote`]: HTTP `GET/PUT/HEAD` on `/ac/<key>` and
+//! A remote tier ([`crate::cache::http`]: HTTP `GET/PUT/HEAD` on `/ac/<key>` and
 //! `/cas/<sha256>`) sits behind the local one when the cache is made
 //! [`ActionCache::with_remote`]: [`ActionCache::get`] and
 //! [`ActionCache::manifest`] fall back to it on a local miss and copy what
@@ -44,9 +44,9 @@ use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::fingerprint::Hash;
-use crate::remote::{BlobUpload, RemoteTier, Upload};
-use crate::state::{hash_file, now_ns, Stamp};
+use crate::exec::fingerprint::Hash;
+use crate::cache::http::{BlobUpload, RemoteTier, Upload};
+use crate::exec::state::{hash_file, now_ns, Stamp};
 use crate::store::Store;
 
 const AC_VERSION: u32 = 1;

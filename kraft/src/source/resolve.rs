@@ -17,10 +17,10 @@ use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::diag::Diagnostic;
-use crate::fetch::Fetcher;
-use crate::kraftfile::{Component, Kraftfile, Source};
-use crate::lock::{Lock, LockedArchive, LockedComponent, FORMAT_VERSION};
-use crate::recipe::{ComponentKind, Recipe, RecipeBook};
+use crate::source::fetch::Fetcher;
+use crate::source::kraftfile::{Component, Kraftfile, Source};
+use crate::source::lock::{Lock, LockedArchive, LockedComponent, FORMAT_VERSION};
+use crate::source::recipe::{ComponentKind, Recipe, RecipeBook};
 
 /// Which components to move regardless of the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]

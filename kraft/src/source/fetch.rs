@@ -13,9 +13,9 @@ use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::diag::Diagnostic;
-use crate::git::CacheRepo;
-use crate::lock::LockedArchive;
-use crate::mirror::{Location, Mirrors};
+use crate::source::git::CacheRepo;
+use crate::source::lock::LockedArchive;
+use crate::source::mirror::{Location, Mirrors};
 use crate::store::Store;
 
 /// How much network a command may use (cargo's meanings).
@@ -140,7 +140,7 @@ impl<'a> Fetcher<'a> {
     }
 
     fn insert_verified(&self, staged: &Utf8Path, expected: Option<(&str, &str)>, origin: &str) -> anyhow::Result<StoredTree> {
-        let nar_hash = crate::nar::nar_hash(staged)?;
+        let nar_hash = crate::store::nar::nar_hash(staged)?;
         if let Some((_, expected_nar)) = expected {
             if expected_nar != nar_hash {
                 return Err(hash_mismatch("NAR hash", origin, expected_nar, &nar_hash));
@@ -162,7 +162,7 @@ impl<'a> Fetcher<'a> {
     fn record_nar(&self, blake3: &str, nar: &str) -> anyhow::Result<()> {
         let path = self.nar_record_path(blake3);
         std::fs::create_dir_all(path.parent().unwrap())?;
-        crate::lock::write_atomic(&path, nar)
+        crate::source::lock::write_atomic(&path, nar)
     }
 
     /// An origin archive in the store, verified against its sha256.

@@ -17,7 +17,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use serde::Deserialize;
 
 use crate::diag::Diagnostic;
-use crate::kraftfile;
+use crate::source::kraftfile;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -259,6 +259,6 @@ mod memo {
         if let Some(parent) = memo.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let _ = crate::state::write_atomic(memo, value.to_string().as_bytes());
+        let _ = crate::exec::state::write_atomic(memo, value.to_string().as_bytes());
     }
 }

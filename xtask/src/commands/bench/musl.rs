@@ -1,45 +1,17 @@
-//! `cargo xtask bench [--runs N] [--filter S]`: our builds against make, on
-//! the same trees, alternately in one process (see [`crate::bench`]).
-//! Results: a table on stdout and `target/kraft/bench/bench-<unix time>.json`
-//! (and `latest.json`).
-//!
-//! Upstream musl 1.2.3 (recipe `musl-upstream`), each against
-//! `./configure && make -j<jobs> lib/libc.a` on a fresh copy of the same
-//! tree (our side also builds the crt objects and empty archives and lays
-//! out the sysroot: 19 more actions than make's `lib/libc.a`):
-//!
-//! | scenario          | ours                                         | baseline                          |
-//! |-------------------|----------------------------------------------|-----------------------------------|
-//! | `musl/cold`       | empty store, fresh tree, fresh work dir      | fresh tree: configure && make     |
-//! | `musl/no-op`      | second build                                 | `make` in the built tree          |
-//! | `musl/edit-one`   | a new function appended to src/string/strlen.c | same edit, `make`               |
-//! | `musl/warm-fresh` | fresh tree, fresh work dir, warm store       | fresh tree: configure && make     |
-//!
-//! Real Unikraft helloworld with lib-musl (when `KRAFT_MIRRORS` resolves
-//! github.com/unikraft; otherwise skipped with one line), each against
-//! Unikraft's `make -j<jobs>` run directly on a checkout in a temp dir with
-//! the same `.config`: `uk/cold`, `uk/no-op`, `uk/printk-flip`,
-//! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`.
+//! The upstream musl 1.2.3 scenarios of `cargo xtask bench`.
 
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8Path;
 
-use crate::bench::{format_table, measure, Scenario, ScenarioResult, Side};
-use crate::commands::sysroot::{build_musl, unpacked_archive, SysrootOptions, MUSL_RECIPE};
-use crate::fetch::{Fetcher, NetworkMode};
-use crate::recipe::ComponentKind;
-use crate::session::Session;
-use crate::store::Store;
+use super::measure::{measure, BenchOptions, Scenario, ScenarioResult, Side};
+use kraft::pipeline::sysroot::{build_musl, unpacked_archive, SysrootOptions, MUSL_RECIPE};
+use kraft::source::fetch::{Fetcher, NetworkMode};
+use kraft::source::recipe::ComponentKind;
+use kraft::session::Session;
+use kraft::store::Store;
 
-#[derive(Debug, Clone)]
-pub struct BenchOptions {
-    pub runs: usize,
-    /// Only scenarios whose name contains this.
-    pub filter: Option<String>,
-    pub jobs: usize,
-}
 
 fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
     let out = Command::new("bash").arg("-c").arg(script).current_dir(cwd).output().with_context(|| format!("running {script}"))?;
@@ -47,8 +19,8 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
         bail!(
             "`{script}` in {cwd} failed ({}):\n{}{}",
             out.status,
-            crate::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
-            crate::plan::tail(&String::from_utf8_lossy(&out.stderr), 20)
+            kraft::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
+            kraft::plan::tail(&String::from_utf8_lossy(&out.stderr), 20)
         );
     }
     Ok(())
@@ -56,12 +28,12 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
 
 fn fresh_copy(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
     remove(to)?;
-    crate::plan::copy_tree(from, to)?;
+    kraft::plan::copy_tree(from, to)?;
     // Store trees are read-only; the baseline builds in-tree.
     sh("chmod -R u+w .", to)
 }
 
-fn remove(dir: &Utf8Path) -> Result<()> {
+pub(super) fn remove(dir: &Utf8Path) -> Result<()> {
     if dir.exists() {
         let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {dir}"))?;
@@ -91,9 +63,9 @@ pub fn musl_scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, r
     let ours_src = root.join("ours-src");
     let base_src = root.join("base-src");
 
-    let build = |src: &Utf8Path, work: &str| -> Result<crate::exec::BuildReport> {
+    let build = |src: &Utf8Path, work: &str| -> Result<kraft::exec::BuildReport> {
         let store = Store::open(store_dir.clone())?;
-        let mirrors = crate::mirror::Mirrors::default();
+        let mirrors = kraft::source::mirror::Mirrors::default();
         let fetcher = Fetcher::new(&store, &mirrors, NetworkMode { offline: true });
         let o = SysrootOptions { source: Some(src.to_owned()), work: root.join(work), out: root.join(work).join("sysroot"), jobs };
         Ok(build_musl(&fetcher, &session.recipes, &o)?.report)
@@ -192,38 +164,3 @@ pub fn musl_scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, r
     Ok(())
 }
 
-/// Whether `KRAFT_MIRRORS` maps Unikraft's repositories somewhere.
-pub fn unikraft_mirrored(session: &Session) -> bool {
-    std::env::var("KRAFT_MIRRORS").is_ok_and(|m| !m.is_empty())
-        && !session.mirrors.rewrite("https://github.com/unikraft/unikraft.git").is_remote()
-}
-
-/// `cargo xtask bench`.
-pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>> {
-    let out_dir = session.workspace.target_dir.join("kraft").join("bench");
-    std::fs::create_dir_all(&out_dir)?;
-    let log = |m: &str| eprintln!("{m}");
-    let mut results = Vec::new();
-    let work = out_dir.join("work");
-    musl_scenarios(session, opts, &work.join("musl"), &mut results, &log)?;
-    if unikraft_mirrored(session) {
-        crate::commands::bench_unikraft::scenarios(session, opts, &work.join("unikraft"), &mut results, &log)?;
-    } else {
-        println!("skipping the Unikraft scenarios: set KRAFT_MIRRORS so that https://github.com/unikraft/ resolves to a local mirror");
-    }
-    let _ = remove(&work);
-    print!("{}", format_table(&results));
-    let json = serde_json::json!({
-        "runs": opts.runs,
-        "jobs": opts.jobs,
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        "scenarios": results,
-    });
-    let text = serde_json::to_string_pretty(&json)?;
-    let stamp = json["unix_time"].as_u64().unwrap_or(0);
-    let file: Utf8PathBuf = out_dir.join(format!("bench-{stamp}.json"));
-    std::fs::write(&file, &text)?;
-    std::fs::write(out_dir.join("latest.json"), &text)?;
-    println!("results: {file}");
-    Ok(results)
-}

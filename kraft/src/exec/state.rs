@@ -32,7 +32,7 @@ use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::fingerprint::{DirtyReason, Fingerprint, Hash};
+use crate::exec::fingerprint::{DirtyReason, Fingerprint, Hash};
 
 const STATE_VERSION: u32 = 1;
 

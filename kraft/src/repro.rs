@@ -19,14 +19,14 @@ pub fn check(session: &Session, app: &str, target: Option<&str>) -> anyhow::Resu
         if dir.exists() {
             remove_tree(&dir)?;
         }
-        let mut global = session.global.clone();
+        let mut global = session.options.clone();
         global.store = Some(dir.join("store"));
         global.remote_cache = Some(String::new()); // off: nothing shared
         let mut workspace = session.workspace.clone();
         workspace.target_dir = dir.join("target");
         let variant = Session::new(workspace, &global)?;
         session.output.status("Repro", &format!("clean build {run} in {dir}"));
-        let (_, builds) = super::build::build_app(&variant, app, target)?;
+        let (_, builds) = crate::pipeline::target::build_app(&variant, app, target)?;
         let mut files = Vec::new();
         for build in builds {
             for file in [build.image, build.dbg].into_iter().flatten() {

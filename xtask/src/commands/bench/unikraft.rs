@@ -10,11 +10,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
-use crate::bench::{measure, Scenario, ScenarioResult, Side};
-use crate::commands::bench::BenchOptions;
-use crate::flags::Global;
-use crate::recipe::ComponentKind;
-use crate::session::Session;
+use super::measure::{measure, BenchOptions, Scenario, ScenarioResult, Side};
+use kraft::session::Options;
+use kraft::source::recipe::ComponentKind;
+use kraft::session::Session;
 
 const VERSION: &str = "0.16.3";
 
@@ -24,8 +23,8 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
         bail!(
             "`{script}` in {cwd} failed ({}):\n{}{}",
             out.status,
-            crate::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
-            crate::plan::tail(&String::from_utf8_lossy(&out.stderr), 30)
+            kraft::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
+            kraft::plan::tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
     }
     Ok(())
@@ -89,7 +88,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     mirror_clone(session, "app-helloworld", "staging", &root.join("app-helloworld"))?;
     let musl_recipe = session.recipes.get("musl", ComponentKind::Library);
     let tarball_spec = musl_recipe.file.archive.first().context("musl recipe names no archive")?.clone();
-    let tarball = session.fetcher().archive(&crate::lock::LockedArchive {
+    let tarball = session.fetcher().archive(&kraft::source::lock::LockedArchive {
         name: tarball_spec.name.clone(),
         url: tarball_spec.url.clone(),
         sha256: tarball_spec.sha256.clone(),
@@ -101,12 +100,12 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
     write_app(&app2, &root.join("app-helloworld"), "hellotwo", "err")?;
     let session_for = || -> Result<Session> {
-        let global = Global { store: Some(store_dir.clone()), jobs: Some(jobs), ..Global::default() };
+        let global = Options { store: Some(store_dir.clone()), jobs: Some(jobs), ..Options::default() };
         Session::new(session.workspace.clone(), &global)
     };
-    let ours = |app: &Utf8Path| -> Result<crate::commands::build::TargetBuild> {
+    let ours = |app: &Utf8Path| -> Result<kraft::pipeline::target::TargetBuild> {
         let s = session_for()?;
-        let (_, mut builds) = crate::commands::build::build_app(&s, app.as_str(), Some("qemu/x86_64"))?;
+        let (_, mut builds) = kraft::pipeline::target::build_app(&s, app.as_str(), Some("qemu/x86_64"))?;
         builds.pop().context("no target built")
     };
     let out_of = |name: &str| session.workspace.output_dir(name, "qemu-x86_64");
@@ -122,8 +121,8 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         if base.exists() {
             std::fs::remove_dir_all(&base)?;
         }
-        crate::plan::copy_tree(&co, &base)?;
-        crate::plan::copy_tree(app, &base_app(name))?;
+        kraft::plan::copy_tree(&co, &base)?;
+        kraft::plan::copy_tree(app, &base_app(name))?;
         std::fs::create_dir_all(base_build.join("libmusl"))?;
         std::fs::copy(&tarball, base_build.join("libmusl").join(&tarball_spec.name))?;
         std::fs::write(base_build.join(".config"), config_of(name)?)?;
@@ -238,7 +237,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             baseline: Side::new(
                 |_| {
                     prepare_base("helloworld", &app1)?;
-                    crate::plan::copy_tree(&app2, &base_app("hellotwo"))?;
+                    kraft::plan::copy_tree(&app2, &base_app("hellotwo"))?;
                     let cfg = config_of("helloworld")?.replace("CONFIG_UK_NAME=\"helloworld\"", "CONFIG_UK_NAME=\"hellotwo\"");
                     std::fs::write(base_build.join(".config"), cfg)?;
                     Ok(())

@@ -1,0 +1,1 @@
+//! Every environment variable the tool reads, read once at start.

@@ -1,0 +1,12 @@
+//! Where sources come from: the Kraftfile, the workspace, recipes, mirrors,
+//! git, resolution to commits, the lock, and fetching into the store.
+
+pub mod app;
+pub mod fetch;
+pub mod git;
+pub mod kraftfile;
+pub mod lock;
+pub mod mirror;
+pub mod recipe;
+pub mod resolve;
+pub mod workspace;

@@ -1,0 +1,70 @@
+//! `cargo xtask bench [--runs N] [--filter S]`: our builds against make, on
+//! the same trees, alternately in one process (see [`measure`]).
+//! Results: a table on stdout and `target/kraft/bench/bench-<unix time>.json`
+//! (and `latest.json`).
+//!
+//! Upstream musl 1.2.3 (recipe `musl-upstream`), each against
+//! `./configure && make -j<jobs> lib/libc.a` on a fresh copy of the same
+//! tree (our side also builds the crt objects and empty archives and lays
+//! out the sysroot: 19 more actions than make's `lib/libc.a`):
+//!
+//! | scenario          | ours                                         | baseline                          |
+//! |-------------------|----------------------------------------------|-----------------------------------|
+//! | `musl/cold`       | empty store, fresh tree, fresh work dir      | fresh tree: configure && make     |
+//! | `musl/no-op`      | second build                                 | `make` in the built tree          |
+//! | `musl/edit-one`   | a new function appended to src/string/strlen.c | same edit, `make`               |
+//! | `musl/warm-fresh` | fresh tree, fresh work dir, warm store       | fresh tree: configure && make     |
+//!
+//! Real Unikraft helloworld with lib-musl (when `KRAFT_MIRRORS` resolves
+//! github.com/unikraft; otherwise skipped with one line), each against
+//! Unikraft's `make -j<jobs>` run directly on a checkout in a temp dir with
+//! the same `.config`: `uk/cold`, `uk/no-op`, `uk/printk-flip`,
+//! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`.
+
+
+pub mod measure;
+pub mod musl;
+pub mod unikraft;
+
+use anyhow::Result;
+use camino::Utf8PathBuf;
+use kraft::session::Session;
+
+use measure::{format_table, ScenarioResult};
+pub use measure::BenchOptions;
+
+/// Whether `KRAFT_MIRRORS` maps Unikraft's repositories somewhere.
+pub fn unikraft_mirrored(session: &Session) -> bool {
+    std::env::var("KRAFT_MIRRORS").is_ok_and(|m| !m.is_empty())
+        && !session.mirrors.rewrite("https://github.com/unikraft/unikraft.git").is_remote()
+}
+
+/// `cargo xtask bench`.
+pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>> {
+    let out_dir = session.workspace.target_dir.join("kraft").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let log = |m: &str| eprintln!("{m}");
+    let mut results = Vec::new();
+    let work = out_dir.join("work");
+    musl::musl_scenarios(session, opts, &work.join("musl"), &mut results, &log)?;
+    if unikraft_mirrored(session) {
+        unikraft::scenarios(session, opts, &work.join("unikraft"), &mut results, &log)?;
+    } else {
+        println!("skipping the Unikraft scenarios: set KRAFT_MIRRORS so that https://github.com/unikraft/ resolves to a local mirror");
+    }
+    let _ = musl::remove(&work);
+    print!("{}", format_table(&results));
+    let json = serde_json::json!({
+        "runs": opts.runs,
+        "jobs": opts.jobs,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "scenarios": results,
+    });
+    let text = serde_json::to_string_pretty(&json)?;
+    let stamp = json["unix_time"].as_u64().unwrap_or(0);
+    let file: Utf8PathBuf = out_dir.join(format!("bench-{stamp}.json"));
+    std::fs::write(&file, &text)?;
+    std::fs::write(out_dir.join("latest.json"), &text)?;
+    println!("results: {file}");
+    Ok(results)
+}
