@@ -25,7 +25,7 @@ pub struct Output {
 
 impl Output {
     pub fn new(format: MessageFormat) -> Output {
-        Output { format, terminal: std::io::stderr().is_terminal() && std::env::var_os("CI").is_none(), lock: Mutex::new(()) }
+        Output { format, terminal: std::io::stderr().is_terminal() && !crate::config::Config::get().ci, lock: Mutex::new(()) }
     }
 
     /// A cargo-style status line: `    Locking unikraft stable -> eaf6fda`.

@@ -58,7 +58,7 @@ impl Session {
         let store = Store::open(store_root)?;
         let mirrors = Mirrors::from_env_and(&workspace.mirror_rules())?;
         let recipes = RecipeBook::load(&workspace.recipes_dirs())?;
-        let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+        let ci = crate::config::Config::get().ci;
         Ok(Session {
             options: global.clone(),
             store,

@@ -164,14 +164,10 @@ impl fmt::Debug for RemoteCache {
 /// The URL by precedence: `flag` > `KRAFT_REMOTE_CACHE` > `workspace`. An
 /// empty value at the level that wins means "off".
 pub fn resolve_url(flag: Option<&str>, workspace: Option<&str>) -> Option<String> {
-    let env = std::env::var("KRAFT_REMOTE_CACHE").ok();
+    let env = crate::config::Config::get().remote_cache.clone();
     let chosen = flag.map(str::to_owned).or(env).or(workspace.map(str::to_owned))?;
     let chosen = chosen.trim().to_owned();
     (!chosen.is_empty()).then_some(chosen)
-}
-
-fn env_flag(name: &str) -> bool {
-    matches!(std::env::var(name).as_deref().map(str::trim), Ok("1" | "true" | "yes" | "on"))
 }
 
 impl RemoteCache {
@@ -192,9 +188,10 @@ impl RemoteCache {
     /// `KRAFT_CACHE_SECRET`, read-only from `KRAFT_REMOTE_CACHE_READONLY`.
     pub fn from_env(flag: Option<&str>, workspace: Option<&str>) -> Option<RemoteCache> {
         let url = resolve_url(flag, workspace)?;
-        let secret = std::env::var_os("KRAFT_CACHE_SECRET").map(|s| s.into_encoded_bytes());
+        let config = crate::config::Config::get();
+        let secret = config.cache_secret.clone().map(|s| s.into_encoded_bytes());
         let cache = RemoteCache::from_config(Some(&url), secret.as_deref())?;
-        let read_only = env_flag("KRAFT_REMOTE_CACHE_READONLY");
+        let read_only = config.remote_read_only;
         Some(cache.read_only(read_only))
     }
 

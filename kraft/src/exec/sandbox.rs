@@ -94,7 +94,7 @@ impl Sandbox {
     /// Chooses the backend from `KRAFT_SANDBOX` (`bwrap` | `none`), defaulting
     /// to bwrap when it works and `none` (with a warning) otherwise.
     pub fn new(mounts: Vec<Mount>, env: Vec<(String, String)>) -> Result<Sandbox> {
-        let backend = match std::env::var("KRAFT_SANDBOX").ok().as_deref() {
+        let backend = match crate::config::Config::get().sandbox.as_deref() {
             Some("none") => Backend::None,
             Some("bwrap") => {
                 if let Err(why) = bwrap_usable() {
@@ -232,9 +232,9 @@ impl Sandbox {
     fn full_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
             BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        if let Some(path) = std::env::var("KRAFT_SANDBOX_PATH").ok().filter(|p| !p.is_empty()) {
+        if let Some(path) = &crate::config::Config::get().sandbox_path {
             env.retain(|(k, _)| k != "PATH");
-            env.push(("PATH".to_string(), path));
+            env.push(("PATH".to_string(), path.clone()));
         }
         for (k, v) in &self.env {
             env.retain(|(ek, _)| ek != k);

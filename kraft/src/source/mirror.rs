@@ -87,14 +87,13 @@ impl Mirrors {
         for (prefix, replacement) in workspace {
             mirrors.add(prefix, replacement);
         }
-        if let Ok(text) = std::env::var("KRAFT_MIRRORS") {
-            for (prefix, replacement) in Mirrors::parse_pairs(&text, "KRAFT_MIRRORS")? {
+        let config = crate::config::Config::get();
+        if let Some(text) = &config.mirrors {
+            for (prefix, replacement) in Mirrors::parse_pairs(text, "KRAFT_MIRRORS")? {
                 mirrors.add(&prefix, &replacement);
             }
         }
-        if let Some(dir) = std::env::var_os("KRAFT_ARCHIVE_DIR").filter(|d| !d.is_empty()) {
-            let dir = Utf8PathBuf::from_path_buf(dir.into())
-                .map_err(|p| anyhow::anyhow!("KRAFT_ARCHIVE_DIR is not UTF-8: {}", p.display()))?;
+        if let Some(dir) = config.archive_dir.clone() {
             if !dir.is_dir() {
                 return Err(Diagnostic::new(format!("KRAFT_ARCHIVE_DIR={dir} is not a directory"))
                     .help("point it at a directory holding origin archives by file name, or unset it")

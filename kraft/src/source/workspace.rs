@@ -195,14 +195,10 @@ mod memo {
 
     use super::{KraftMetadata, Workspace};
 
-    const ENV: [&str; 4] = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "CARGO_HOME", "CARGO"];
 
     pub fn path(dir: &Utf8Path) -> Option<Utf8PathBuf> {
-        let cache = std::env::var("XDG_CACHE_HOME")
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(Utf8PathBuf::from)
-            .or_else(|| std::env::var("HOME").ok().map(|h| Utf8PathBuf::from(h).join(".cache")))?;
+        let config = crate::config::Config::get();
+        let cache = config.xdg_cache_home.clone().or_else(|| config.home.as_ref().map(|h| h.join(".cache")))?;
         let mut h = blake3::Hasher::new();
         h.update(dir.as_str().as_bytes());
         Some(cache.join("kraft-xtask").join("workspaces").join(format!("{}.json", &h.finalize().to_hex()[..32])))
@@ -220,15 +216,16 @@ mod memo {
                 out.push((file.to_string(), stamp(&file)));
             }
         }
-        let home = std::env::var("CARGO_HOME").ok().or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cargo")));
+        let config = crate::config::Config::get();
+        let home = config.cargo_home.as_ref().map(|h| h.to_string()).or_else(|| config.home.as_ref().map(|h| format!("{h}/.cargo")));
         if let Some(home) = home {
             for name in ["config.toml", "config"] {
                 let file = Utf8PathBuf::from(&home).join(name);
                 out.push((file.to_string(), stamp(&file)));
             }
         }
-        for var in ENV {
-            out.push((format!("env:{var}={}", std::env::var(var).unwrap_or_default()), None));
+        for (var, value) in &config.cargo_env {
+            out.push((format!("env:{var}={value}"), None));
         }
         out
     }

@@ -128,16 +128,14 @@ impl Store {
     /// `$HOME/.cache/kraft-xtask`. Empty variables count as unset, and a
     /// relative `XDG_CACHE_HOME` is ignored (as the XDG spec says).
     pub fn default_root() -> anyhow::Result<Utf8PathBuf> {
-        fn var(name: &str) -> Option<Utf8PathBuf> {
-            std::env::var(name).ok().filter(|v| !v.is_empty()).map(Utf8PathBuf::from)
-        }
-        if let Some(root) = var("KRAFT_STORE") {
+        let config = crate::config::Config::get();
+        if let Some(root) = config.store.clone() {
             return Ok(root);
         }
-        if let Some(cache) = var("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+        if let Some(cache) = config.xdg_cache_home.clone().filter(|p| p.is_absolute()) {
             return Ok(cache.join("kraft-xtask"));
         }
-        if let Some(home) = var("HOME") {
+        if let Some(home) = config.home.clone() {
             return Ok(home.join(".cache").join("kraft-xtask"));
         }
         Err(Diagnostic::new("cannot find a place for the store: none of KRAFT_STORE, XDG_CACHE_HOME, HOME is set")

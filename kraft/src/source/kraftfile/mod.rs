@@ -311,7 +311,7 @@ fn normalize_lexically(path: &Utf8Path) -> Utf8PathBuf {
 }
 
 fn home_dir() -> Option<Utf8PathBuf> {
-    std::env::var("HOME").ok().filter(|h| !h.is_empty()).map(Utf8PathBuf::from)
+    crate::config::Config::get().home.clone()
 }
 
 // ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ pub use measure::BenchOptions;
 
 /// Whether `KRAFT_MIRRORS` maps Unikraft's repositories somewhere.
 pub fn unikraft_mirrored(session: &Session) -> bool {
-    std::env::var("KRAFT_MIRRORS").is_ok_and(|m| !m.is_empty())
+    kraft::config::Config::get().mirrors.as_ref().is_some_and(|m| !m.is_empty())
         && !session.mirrors.rewrite("https://github.com/unikraft/unikraft.git").is_remote()
 }
 
