@@ -1,1 +1,8 @@
-//! Helpers with one home each.
+//! Helpers with one home each: [`fs`] (atomic writes, tree copies and
+//! removal), [`hash`] (hex, file digests), [`shell`] (quoting, via `shlex`),
+//! [`text`] (log tails).
+
+pub mod fs;
+pub mod hash;
+pub mod shell;
+pub mod text;

@@ -1,0 +1,128 @@
+//! File-system helpers. Every error names the path and the operation.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8Path;
+
+/// Write `bytes` to `path` through a temporary file in the same directory
+/// and a rename, so readers see the old or the new contents, never a mix.
+/// The parent directory is created if missing.
+pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_str().is_empty()).unwrap_or(Utf8Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating directory {dir}"))?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).with_context(|| format!("creating a temporary file in {dir}"))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {path}"))?;
+    tmp.as_file().sync_data().with_context(|| format!("syncing {path}"))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming a temporary file to {path}"))?;
+    Ok(())
+}
+
+/// Copy the tree `from` into `to` (created if missing): directories, regular
+/// files with their owner-exec bit (0755 or 0644), and symlinks as symlinks.
+/// An existing file or link at a destination is replaced. Other file types
+/// (devices, sockets, fifos) are an error.
+pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(to).with_context(|| format!("creating directory {to}"))?;
+    for entry in fs::read_dir(from).with_context(|| format!("listing {from}"))? {
+        let entry = entry.with_context(|| format!("listing {from}"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { bail!("{from} holds a file whose name is not UTF-8: {:?}", entry.file_name()) };
+        let src = from.join(name);
+        let dst = to.join(name);
+        let meta = fs::symlink_metadata(&src).with_context(|| format!("reading the metadata of {src}"))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ft.is_file() {
+            let mode = if meta.mode() & 0o100 != 0 { 0o755 } else { 0o644 };
+            remove_if_present(&dst)?;
+            let mut input = fs::File::open(&src).with_context(|| format!("opening {src}"))?;
+            let mut output = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&dst)
+                .with_context(|| format!("creating {dst}"))?;
+            io::copy(&mut input, &mut output).with_context(|| format!("copying {src} to {dst}"))?;
+            output.set_permissions(fs::Permissions::from_mode(mode)).with_context(|| format!("setting the mode of {dst}"))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).with_context(|| format!("reading the link {src}"))?;
+            remove_if_present(&dst)?;
+            std::os::unix::fs::symlink(&target, &dst).with_context(|| format!("creating the link {dst}"))?;
+        } else {
+            bail!("{src} is not a regular file, directory or symlink");
+        }
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Utf8Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {path}")),
+    }
+}
+
+/// Give the owner write access to every directory and file under `root`,
+/// so a read-only tree (store trees are 0555/0444) can be removed.
+pub fn make_writable(root: &Utf8Path) -> Result<()> {
+    let meta = fs::symlink_metadata(root).with_context(|| format!("reading the metadata of {root}"))?;
+    if meta.is_dir() {
+        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700)).with_context(|| format!("making {root} writable"))?;
+        for entry in fs::read_dir(root).with_context(|| format!("listing {root}"))? {
+            let path = entry.with_context(|| format!("listing {root}"))?.path();
+            let path = camino::Utf8PathBuf::from_path_buf(path).map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+            make_writable(&path)?;
+        }
+    } else if meta.is_file() {
+        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o200)).with_context(|| format!("making {root} writable"))?;
+    }
+    Ok(())
+}
+
+/// Remove a tree that may hold read-only directories. Missing is fine.
+pub fn remove_tree(dir: &Utf8Path) -> Result<()> {
+    if fs::symlink_metadata(dir).is_err() {
+        return Ok(());
+    }
+    make_writable(dir)?;
+    fs::remove_dir_all(dir).with_context(|| format!("removing {dir}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_keeps_links_and_modes_and_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(tmp.path()).unwrap();
+        let from = root.join("from");
+        fs::create_dir_all(from.join("d")).unwrap();
+        fs::write(from.join("d/x"), "x").unwrap();
+        fs::write(from.join("run"), "#!/bin/sh").unwrap();
+        fs::set_permissions(from.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink("d/x", from.join("l")).unwrap();
+        let to = root.join("to");
+        copy_tree(&from, &to).unwrap();
+        copy_tree(&from, &to).unwrap();
+        assert_eq!(fs::read_to_string(to.join("l")).unwrap(), "x");
+        assert_eq!(fs::metadata(to.join("run")).unwrap().mode() & 0o777, 0o755);
+        fs::set_permissions(to.join("d"), fs::Permissions::from_mode(0o555)).unwrap();
+        remove_tree(&to).unwrap();
+        assert!(!to.exists());
+    }
+
+    #[test]
+    fn write_atomic_replaces() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = Utf8Path::from_path(tmp.path()).unwrap().join("a/b");
+        write_atomic(&path, b"1").unwrap();
+        write_atomic(&path, b"2").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"2");
+    }
+}
