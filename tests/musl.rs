@@ -129,7 +129,7 @@ fn upstream_musl_sysroot() {
     // 5. A local copy of the source in a fresh work dir, warm store: the
     //    actions' keys do not depend on where the tree lives, so nothing runs.
     let src = root.join("src");
-    kraft::plan::copy_tree(&tree, &src).unwrap();
+    kraft::util::fs::copy_tree(&tree, &src).unwrap();
     sh("rm -f config.mak", &src); // the in-tree configure of step 2
     let local = SysrootOptions { source: Some(src.clone()), work: root.join("work2"), out: root.join("sysroot2"), jobs: 2 };
     let warm = build_musl(&fetcher, &recipes, &local).unwrap();

@@ -18,7 +18,7 @@ fn fixtures() -> Utf8PathBuf {
 }
 
 fn copy_dir(from: &Utf8Path, to: &Utf8Path) {
-    plan::copy_tree(from, to).unwrap();
+    kraft::util::fs::copy_tree(from, to).unwrap();
 }
 
 /// `git init` + one commit with a fixed identity and date; returns the tree hash.

@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 use camino::{Utf8Path, Utf8PathBuf};
 use kraft::store::archive::{unpack_tar, unpack_tar_gz, unpack_tar_named};
 use kraft::store::nar::{nar_hash, write_nar};
-use kraft::store::{blake3_file, sha256_file, tree_hash, EntryKind, Store};
+use kraft::store::{tree_hash, EntryKind, Store};
+use kraft::util::hash::sha256_file;
+
+fn blake3_file(path: &Utf8Path) -> anyhow::Result<String> {
+    Ok(kraft::util::hash::blake3_file(path)?.0.to_hex().to_string())
+}
 use sha2::Digest;
 
 fn utf8(p: &Path) -> Utf8PathBuf {

@@ -9,6 +9,8 @@ use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::diag::Diagnostic;
+use crate::util::fs::remove_tree;
+use crate::util::hash::hex;
 use crate::session::Session;
 
 pub fn check(session: &Session, app: &str, target: Option<&str>) -> anyhow::Result<()> {
@@ -62,10 +64,6 @@ fn read(path: &Utf8Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {path}"))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Where two files first differ: an ELF section name when both parse as ELF.
 pub fn first_differing_section(a: &[u8], b: &[u8]) -> String {
     use object::{Object, ObjectSection};
@@ -85,15 +83,4 @@ pub fn first_differing_section(a: &[u8], b: &[u8]) -> String {
         }
     }
     format!("at byte {offset} (outside every section: headers or layout)")
-}
-
-/// Store trees are read-only; make them writable before removing.
-fn remove_tree(dir: &Utf8Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(dir).into_iter().filter_map(Result::ok) {
-        if entry.file_type().is_dir() {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755));
-        }
-    }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing {dir}"))
 }

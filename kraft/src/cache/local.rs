@@ -367,10 +367,6 @@ impl AcVerifyReport {
     }
 }
 
-fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 /// Every `ac/<aa>/<name>` file, with its name.
 fn ac_files(dir: &Utf8Path) -> Vec<(String, Utf8PathBuf)> {
     let mut files = Vec::new();
@@ -393,7 +389,7 @@ impl ActionCache {
         let mut report = AcVerifyReport { removed: remove, ..Default::default() };
         for (name, path) in ac_files(&self.dir) {
             let prefix = path.parent().and_then(|p| p.file_name()).unwrap_or("");
-            let problem = if !is_hex64(&name) || !name.starts_with(prefix) {
+            let problem = if !crate::util::hash::is_hex64(&name) || !name.starts_with(prefix) {
                 Some("name is not a hash under its prefix".to_owned())
             } else {
                 match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| {

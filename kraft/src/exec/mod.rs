@@ -551,7 +551,7 @@ mod probe_memo {
     pub fn save(memo: &Utf8Path, script: &str, text: &str) {
         if let Some(stamps) = stamps(text) {
             let value = serde_json::json!({"script": script, "output": text, "stamps": stamps});
-            let _ = crate::exec::state::write_atomic(memo, value.to_string().as_bytes());
+            let _ = crate::util::fs::write_atomic(memo, value.to_string().as_bytes());
         }
     }
 }

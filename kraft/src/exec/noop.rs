@@ -73,7 +73,7 @@ pub fn record(path: &Utf8Path, key: &str, actions: usize, units: usize, files: &
     }
     let snapshot = Snapshot { key: key.to_string(), actions, units, taken_ns, files: stamped };
     if let Ok(bytes) = serde_json::to_vec(&snapshot) {
-        let _ = crate::exec::state::write_atomic(path, &bytes);
+        let _ = crate::util::fs::write_atomic(path, &bytes);
     }
 }
 

@@ -473,21 +473,8 @@ impl BuildState {
     /// Write the state to `path` atomically.
     pub fn save(&self, path: &Utf8Path) -> anyhow::Result<()> {
         let bytes = self.encode();
-        write_atomic(path, &bytes).with_context(|| format!("writing build state {path}"))
+        crate::util::fs::write_atomic(path, &bytes).with_context(|| format!("writing build state {path}"))
     }
-}
-
-/// Write `bytes` to `path` via a temporary file in the same directory and a
-/// rename, so readers see the old or the new contents, never a mix.
-pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_str().is_empty()).unwrap_or(Utf8Path::new("."));
-    fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_data()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ pub fn unpacked_archive(fetcher: &Fetcher<'_>, recipe: &Recipe) -> anyhow::Resul
     crate::store::archive::unpack_tar_gz(&archive, &staged)?;
     let hash = store.insert_tree(&staged, None, archive.as_str())?;
     std::fs::create_dir_all(record.parent().unwrap())?;
-    crate::source::lock::write_atomic(&record, &hash)?;
+    crate::util::fs::write_atomic(&record, hash.as_bytes())?;
     top(&store.tree_path(&hash))
 }
 

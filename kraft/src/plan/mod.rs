@@ -168,7 +168,7 @@ impl PlanInput {
             inside_build()
         );
         for (name, value) in &self.make_vars {
-            command.push_str(&format!(" {name}='{}'", value.replace('\'', "'\\''")));
+            command.push_str(&format!(" {name}={}", crate::util::shell::quote(value)));
         }
         command
     }
@@ -219,7 +219,7 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
             // is: that is what makes a no-op build cost nothing.
             if read_marker(&input.build).as_deref() != Some(key.as_str()) {
                 clear_dir(&input.build)?;
-                copy_tree(&entry.join("prepared"), &input.build)?;
+                crate::util::fs::copy_tree(&entry.join("prepared"), &input.build)?;
                 write_marker(&input.build, &key)?;
             }
             return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
@@ -257,8 +257,8 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
                 "`make {args}` failed in the {} sandbox ({}):\n{}{}",
                 sandbox.backend(),
                 out.status,
-                tail(&String::from_utf8_lossy(&out.stdout), 20),
-                tail(&String::from_utf8_lossy(&out.stderr), 40)
+                crate::util::text::tail(&String::from_utf8_lossy(&out.stdout), 20),
+                crate::util::text::tail(&String::from_utf8_lossy(&out.stderr), 40)
             );
         }
         Ok(sandbox.rewrite_to_inside(&String::from_utf8_lossy(&out.stdout)))
@@ -281,15 +281,6 @@ pub(crate) fn is_symlink_command(script: &str) -> bool {
     let mut words = script.split_whitespace();
     let program = words.next().unwrap_or("");
     (program == "ln" || program.ends_with("/ln")) && words.next().is_some_and(|flag| flag.starts_with('-') && flag.contains('s'))
-}
-
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    let mut out = lines[lines.len().saturating_sub(n)..].join("\n");
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out
 }
 
 fn check_config(config: &str, wanted: &[(String, String)]) -> Vec<String> {
@@ -456,7 +447,7 @@ pub(crate) fn store_cached(entry: &Utf8Path, graph: &Graph, warnings: &[String],
     std::fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new().prefix(".plan-").tempdir_in(parent)?;
     let tmp_path = Utf8Path::from_path(tmp.path()).unwrap();
-    copy_tree(build, &tmp_path.join("prepared"))?;
+    crate::util::fs::copy_tree(build, &tmp_path.join("prepared"))?;
     let cached = CachedPlan { format: PLAN_FORMAT, warnings: warnings.to_vec(), graph: graph.clone() };
     std::fs::write(tmp_path.join("plan.json"), serde_json::to_vec(&cached)?)?;
     let tmp_path = tmp.keep();
@@ -480,27 +471,6 @@ pub(crate) fn clear_dir(dir: &Utf8Path) -> Result<()> {
             std::fs::remove_dir_all(entry.path())?;
         } else {
             std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// Copies a tree, keeping symlinks as symlinks and file modes.
-pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in walkdir::WalkDir::new(from).min_depth(1) {
-        let entry = entry?;
-        let rel = entry.path().strip_prefix(from).unwrap();
-        let dest = to.as_std_path().join(rel);
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            std::fs::create_dir_all(&dest)?;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(entry.path())?;
-            let _ = std::fs::remove_file(&dest);
-            std::os::unix::fs::symlink(target, &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
         }
     }
     Ok(())

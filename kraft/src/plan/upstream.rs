@@ -25,6 +25,7 @@
 //! dir already prepared for the same key is left alone, so a no-op build
 //! finds every object where the last build left it.
 
+use crate::util::shell::quote;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -83,22 +84,14 @@ impl MakePlanInput {
         self.spec
             .configure
             .iter()
-            .map(|w| shell_quote(&w.replace("{src}", self.mount.as_str())))
+            .map(|w| quote(&w.replace("{src}", self.mount.as_str())))
             .collect::<Vec<_>>()
             .join(" ")
     }
 
     pub fn make_n_command(&self) -> String {
-        let targets: Vec<String> = self.spec.targets.iter().map(|t| shell_quote(t)).collect();
+        let targets: Vec<String> = self.spec.targets.iter().map(|t| quote(t)).collect();
         format!("make -n {}", targets.join(" "))
-    }
-}
-
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -114,7 +107,7 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
         if let Some((graph, warnings)) = plan::load_cached(entry)? {
             if plan::read_marker(&input.build).as_deref() != Some(key.as_str()) {
                 plan::clear_dir(&input.build)?;
-                plan::copy_tree(&entry.join("prepared"), &input.build)?;
+                crate::util::fs::copy_tree(&entry.join("prepared"), &input.build)?;
                 plan::write_marker(&input.build, &key)?;
             }
             return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
@@ -131,8 +124,8 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
                 "`{what}` failed in the {} sandbox ({}):\n{}{}",
                 sandbox.backend(),
                 out.status,
-                plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
-                plan::tail(&String::from_utf8_lossy(&out.stderr), 40)
+                crate::util::text::tail(&String::from_utf8_lossy(&out.stdout), 20),
+                crate::util::text::tail(&String::from_utf8_lossy(&out.stderr), 40)
             );
         }
         Ok(sandbox.rewrite_to_inside(&String::from_utf8_lossy(&out.stdout)))

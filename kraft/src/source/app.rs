@@ -63,7 +63,7 @@ pub fn lock_app(session: &Session, app: &str, update: Update) -> anyhow::Result<
                 session.output.status(verb, &format!("{} {} -> {pin}", component.name, component.requested));
             }
         }
-        lock::write_atomic(&lock_path, &text)?;
+        crate::util::fs::write_atomic(&lock_path, text.as_bytes())?;
     }
     Ok(LockedApp { app, kraftfile, lock: new, lock_path })
 }

@@ -135,7 +135,7 @@ impl<'a> Fetcher<'a> {
         }
         let staging = self.store.staging_dir()?;
         let staged = Utf8Path::from_path(staging.path()).context("non-UTF-8 staging path")?.join("tree");
-        copy_tree(dir, &staged)?;
+        crate::util::fs::copy_tree_except(dir, &staged, &[".git"])?;
         self.insert_verified(&staged, None, dir.as_str())
     }
 
@@ -162,7 +162,7 @@ impl<'a> Fetcher<'a> {
     fn record_nar(&self, blake3: &str, nar: &str) -> anyhow::Result<()> {
         let path = self.nar_record_path(blake3);
         std::fs::create_dir_all(path.parent().unwrap())?;
-        crate::source::lock::write_atomic(&path, nar)
+        crate::util::fs::write_atomic(&path, nar.as_bytes())
     }
 
     /// An origin archive in the store, verified against its sha256.
@@ -234,28 +234,5 @@ fn download(url: &str, dest: &Utf8Path) -> anyhow::Result<()> {
     let mut reader = response.into_body().into_reader();
     let mut file = std::fs::File::create(dest)?;
     std::io::copy(&mut reader, &mut file).with_context(|| format!("downloading {url}"))?;
-    Ok(())
-}
-
-/// Copy a directory (files, exec bits, symlinks), leaving out `.git`.
-fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(to)?;
-    let walker = walkdir::WalkDir::new(from).follow_links(false).into_iter().filter_entry(|e| e.file_name() != ".git");
-    for entry in walker {
-        let entry = entry?;
-        let rel = entry.path().strip_prefix(from)?;
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        let dest = to.as_std_path().join(rel);
-        let file_type = entry.file_type();
-        if file_type.is_dir() {
-            std::fs::create_dir_all(&dest)?;
-        } else if file_type.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &dest)?;
-        } else if file_type.is_file() {
-            std::fs::copy(entry.path(), &dest).with_context(|| format!("copying {}", entry.path().display()))?;
-        }
-    }
     Ok(())
 }

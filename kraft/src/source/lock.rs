@@ -213,17 +213,6 @@ fn fill_component(table: &mut Table, c: &LockedComponent) {
     }
 }
 
-/// Write atomically (temp file in the same directory, then rename).
-pub fn write_atomic(path: &Utf8Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_str().is_empty()).unwrap_or(Utf8Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {path}"))?;
-    file.write_all(text.as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(path).with_context(|| format!("writing {path}"))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -256,6 +256,6 @@ mod memo {
         if let Some(parent) = memo.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
-        let _ = crate::exec::state::write_atomic(memo, value.to_string().as_bytes());
+        let _ = crate::util::fs::write_atomic(memo, value.to_string().as_bytes());
     }
 }

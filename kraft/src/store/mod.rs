@@ -26,6 +26,8 @@
 pub mod archive;
 pub mod nar;
 
+use crate::util::fs::make_writable;
+use crate::util::hash::{hex, is_hex64, sha256_file};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -204,7 +206,7 @@ impl Store {
     }
 
     pub fn has_tree(&self, blake3_hex: &str) -> bool {
-        is_hex_hash(blake3_hex) && self.tree_path(blake3_hex).is_dir()
+        is_hex64(blake3_hex) && self.tree_path(blake3_hex).is_dir()
     }
 
     /// A fresh directory inside `tmp/` (same file system as the store),
@@ -240,7 +242,7 @@ impl Store {
         } else {
             let tmp = self.staging_dir()?;
             let dst = Utf8Path::from_path(tmp.path()).expect("store paths are UTF-8").join("tree");
-            copy_tree(staged.as_std_path(), dst.as_std_path())
+            crate::util::fs::copy_tree(staged, &dst)
                 .with_context(|| format!("copying {staged} into the store"))?;
             _copy = Some(tmp);
             dst
@@ -269,11 +271,11 @@ impl Store {
             }
             Err(_) if dest.is_dir() => {
                 // Someone without our lock (an older tool?) won: same content.
-                let _ = make_writable(source.as_std_path());
+                let _ = make_writable(&source);
                 Ok(actual)
             }
             Err(e) => {
-                let _ = make_writable(source.as_std_path());
+                let _ = make_writable(&source);
                 Err(anyhow::Error::new(e).context(format!("moving {source} to {dest}")))
             }
         }
@@ -293,7 +295,7 @@ impl Store {
 
     /// The archive with this sha256, under any file name, if present.
     pub fn find_archive(&self, sha256_hex: &str) -> Option<Utf8PathBuf> {
-        if !is_hex_hash(sha256_hex) {
+        if !is_hex64(sha256_hex) {
             return None;
         }
         let dir = self.root.join("archives").join(sha256_hex);
@@ -371,7 +373,7 @@ impl Store {
     }
 
     pub fn has_blob(&self, blake3_hex: &str) -> bool {
-        is_hex_hash(blake3_hex) && self.blob_path(blake3_hex).is_file()
+        is_hex64(blake3_hex) && self.blob_path(blake3_hex).is_file()
     }
 
     /// Copy a file in as a blob (read-only); returns its blake3 hex.
@@ -446,12 +448,12 @@ impl Store {
                 let problem = |actual: Option<String>, reason: String| VerifyProblem {
                     kind: EntryKind::Tree,
                     path: path.clone(),
-                    expected: if is_hex_hash(name) { name.clone() } else { String::new() },
+                    expected: if is_hex64(name) { name.clone() } else { String::new() },
                     actual,
                     reason,
                     removed: false,
                 };
-                if !is_hex_hash(name) {
+                if !is_hex64(name) {
                     return Some(problem(None, "name is not a blake3 hash".into()));
                 }
                 match fs::symlink_metadata(path) {
@@ -473,12 +475,12 @@ impl Store {
             let bad = |reason: &str| VerifyProblem {
                 kind: EntryKind::Archive,
                 path: path.clone(),
-                expected: if is_hex_hash(name) { name.clone() } else { String::new() },
+                expected: if is_hex64(name) { name.clone() } else { String::new() },
                 actual: None,
                 reason: reason.into(),
                 removed: false,
             };
-            if !is_hex_hash(name) {
+            if !is_hex64(name) {
                 problems.push(bad("name is not a sha256 hash"));
             } else if !path.is_dir() || path.is_symlink() {
                 problems.push(bad("not a directory"));
@@ -534,19 +536,19 @@ impl Store {
             let problem = |actual: Option<String>, reason: String| VerifyProblem {
                 kind: EntryKind::Blob,
                 path: path.clone(),
-                expected: if is_hex_hash(name) { name.clone() } else { String::new() },
+                expected: if is_hex64(name) { name.clone() } else { String::new() },
                 actual,
                 reason,
                 removed: false,
             };
-            if !is_hex_hash(name) || !name.starts_with(prefix.as_str()) {
+            if !is_hex64(name) || !name.starts_with(prefix.as_str()) {
                 return Some(problem(None, "name is not a blake3 hash under its prefix".into()));
             }
             match fs::symlink_metadata(path) {
                 Ok(m) if m.is_file() => {}
                 _ => return Some(problem(None, "not a regular file".into())),
             }
-            match blake3_file(path) {
+            match crate::util::hash::blake3_file(path).map(|(h, _)| h.to_hex().to_string()) {
                 Ok(h) if h == *name => None,
                 Ok(h) => Some(problem(Some(h), "blob content does not match its hash".into())),
                 Err(e) => Some(problem(None, format!("cannot hash: {e:#}"))),
@@ -591,7 +593,7 @@ impl Store {
         let trash = tempfile::Builder::new().prefix("trash-").tempdir_in(self.tmp_dir())?;
         let target = trash.path().join("x");
         fs::rename(path, &target).with_context(|| format!("moving {path} out of the store"))?;
-        make_writable(&target)?;
+        make_writable(Utf8Path::from_path(&target).context("store paths are UTF-8")?)?;
         let meta = fs::symlink_metadata(&target)?;
         if meta.is_dir() {
             fs::remove_dir_all(&target)?;
@@ -642,7 +644,10 @@ pub fn tree_hash(dir: &Utf8Path) -> anyhow::Result<String> {
     let file_hashes: Vec<Option<(u64, [u8; 32])>> = entries
         .par_iter()
         .map(|(_, node)| match node {
-            Node::File { path, .. } => hash_file_blake3(path).map(Some),
+            Node::File { path, .. } => {
+                let path = Utf8Path::from_path(path).context("store paths are UTF-8")?;
+                crate::util::hash::blake3_file(path).map(|(h, size)| Some((size, *h.as_bytes())))
+            }
             _ => Ok(None),
         })
         .collect::<anyhow::Result<_>>()?;
@@ -703,44 +708,9 @@ fn walk_tree(dir: &Path, rel: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, Node)>) -> a
     Ok(())
 }
 
-fn hash_file_blake3(path: &Path) -> anyhow::Result<(u64, [u8; 32])> {
-    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = blake3::Hasher::new();
-    let size = io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
-    Ok((size, *hasher.finalize().as_bytes()))
-}
-
-/// sha256 of a file's contents, lowercase hex.
-pub fn sha256_file(path: &Utf8Path) -> anyhow::Result<String> {
-    let mut file = fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).with_context(|| format!("reading {path}"))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-/// blake3 of a file's contents, lowercase hex.
-pub fn blake3_file(path: &Utf8Path) -> anyhow::Result<String> {
-    let (_, digest) = hash_file_blake3(path.as_std_path())?;
-    Ok(blake3::Hash::from(digest).to_hex().to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
-
-fn is_hex_hash(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn check_hash_arg(hash: &str, what: &str, origin: &str) -> anyhow::Result<()> {
     let lower = hash.to_ascii_lowercase();
-    if !is_hex_hash(&lower) {
+    if !is_hex64(&lower) {
         return Err(Diagnostic::new(format!("{what} `{hash}` for {origin} is not 64 hexadecimal digits"))
             .help("hashes in kraft.lock are lowercase hex; regenerate the lock with `cargo xtask lock`")
             .into());
@@ -817,53 +787,6 @@ fn set_tree_readonly(root: &Path, include_root: bool) -> anyhow::Result<()> {
     walk(root).with_context(|| format!("making {} read-only", root.display()))?;
     if include_root {
         fs::set_permissions(root, fs::Permissions::from_mode(0o555))?;
-    }
-    Ok(())
-}
-
-/// Give the owner write permission on every directory (so the tree can be
-/// deleted) and file.
-fn make_writable(root: &Path) -> anyhow::Result<()> {
-    let meta = fs::symlink_metadata(root)?;
-    if meta.is_dir() {
-        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700))?;
-        for entry in fs::read_dir(root)? {
-            make_writable(&entry?.path())?;
-        }
-    } else if meta.is_file() {
-        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o200))?;
-    }
-    Ok(())
-}
-
-/// Copy a tree (files with their owner exec bit, symlinks as symlinks,
-/// directories). Other file types are an error.
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
-    fs::DirBuilder::new().mode(0o755).create(to).with_context(|| format!("creating {}", to.display()))?;
-    for entry in fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
-        let entry = entry?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let meta = fs::symlink_metadata(&src)?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else if ft.is_file() {
-            let mode = if meta.mode() & 0o100 != 0 { 0o755 } else { 0o644 };
-            let mut input = fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-            let mut output = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&dst)
-                .with_context(|| format!("creating {}", dst.display()))?;
-            io::copy(&mut input, &mut output).with_context(|| format!("copying {}", src.display()))?;
-            output.set_permissions(fs::Permissions::from_mode(mode))?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-        } else {
-            bail!("{} is not a regular file, directory or symlink", src.display());
-        }
     }
     Ok(())
 }

@@ -25,17 +25,26 @@ pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
 /// An existing file or link at a destination is replaced. Other file types
 /// (devices, sockets, fifos) are an error.
 pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
+    copy_tree_except(from, to, &[])
+}
+
+/// [`copy_tree`], leaving out every entry whose name is in `skip` (at any
+/// depth), e.g. `.git`.
+pub fn copy_tree_except(from: &Utf8Path, to: &Utf8Path, skip: &[&str]) -> Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o755).create(to).with_context(|| format!("creating directory {to}"))?;
     for entry in fs::read_dir(from).with_context(|| format!("listing {from}"))? {
         let entry = entry.with_context(|| format!("listing {from}"))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { bail!("{from} holds a file whose name is not UTF-8: {:?}", entry.file_name()) };
+        if skip.contains(&name) {
+            continue;
+        }
         let src = from.join(name);
         let dst = to.join(name);
         let meta = fs::symlink_metadata(&src).with_context(|| format!("reading the metadata of {src}"))?;
         let ft = meta.file_type();
         if ft.is_dir() {
-            copy_tree(&src, &dst)?;
+            copy_tree_except(&src, &dst, skip)?;
         } else if ft.is_file() {
             let mode = if meta.mode() & 0o100 != 0 { 0o755 } else { 0o644 };
             remove_if_present(&dst)?;

@@ -303,7 +303,7 @@ impl Toolchain {
     /// Output: `prog<TAB>name<TAB>path` lines, then `text<TAB>...` lines.
     pub fn probe_script(spec: &ToolchainSpec) -> String {
         let cc = format!("{}{}", spec.cross_compile, spec.cc);
-        let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let q = |s: &str| crate::util::shell::quote(s);
         let mut s = String::from("export LC_ALL=C\n");
         s.push_str("r() { p=$(command -v \"$2\" 2>/dev/null) && p=$(readlink -f \"$p\") && printf 'prog\\t%s\\t%s\\n' \"$1\" \"$p\"; true; }\n");
         s.push_str(&format!("r {} {}\n", q(&spec.cc), q(&cc)));

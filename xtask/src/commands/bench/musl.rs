@@ -19,8 +19,8 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
         bail!(
             "`{script}` in {cwd} failed ({}):\n{}{}",
             out.status,
-            kraft::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
-            kraft::plan::tail(&String::from_utf8_lossy(&out.stderr), 20)
+            kraft::util::text::tail(&String::from_utf8_lossy(&out.stdout), 20),
+            kraft::util::text::tail(&String::from_utf8_lossy(&out.stderr), 20)
         );
     }
     Ok(())
@@ -28,7 +28,7 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
 
 fn fresh_copy(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
     remove(to)?;
-    kraft::plan::copy_tree(from, to)?;
+    kraft::util::fs::copy_tree(from, to)?;
     // Store trees are read-only; the baseline builds in-tree.
     sh("chmod -R u+w .", to)
 }

@@ -23,8 +23,8 @@ fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
         bail!(
             "`{script}` in {cwd} failed ({}):\n{}{}",
             out.status,
-            kraft::plan::tail(&String::from_utf8_lossy(&out.stdout), 20),
-            kraft::plan::tail(&String::from_utf8_lossy(&out.stderr), 30)
+            kraft::util::text::tail(&String::from_utf8_lossy(&out.stdout), 20),
+            kraft::util::text::tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
     }
     Ok(())
@@ -121,8 +121,8 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         if base.exists() {
             std::fs::remove_dir_all(&base)?;
         }
-        kraft::plan::copy_tree(&co, &base)?;
-        kraft::plan::copy_tree(app, &base_app(name))?;
+        kraft::util::fs::copy_tree(&co, &base)?;
+        kraft::util::fs::copy_tree(app, &base_app(name))?;
         std::fs::create_dir_all(base_build.join("libmusl"))?;
         std::fs::copy(&tarball, base_build.join("libmusl").join(&tarball_spec.name))?;
         std::fs::write(base_build.join(".config"), config_of(name)?)?;
@@ -237,7 +237,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             baseline: Side::new(
                 |_| {
                     prepare_base("helloworld", &app1)?;
-                    kraft::plan::copy_tree(&app2, &base_app("hellotwo"))?;
+                    kraft::util::fs::copy_tree(&app2, &base_app("hellotwo"))?;
                     let cfg = config_of("helloworld")?.replace("CONFIG_UK_NAME=\"helloworld\"", "CONFIG_UK_NAME=\"hellotwo\"");
                     std::fs::write(base_build.join(".config"), cfg)?;
                     Ok(())
