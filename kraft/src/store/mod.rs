@@ -593,7 +593,7 @@ impl Store {
         let trash = tempfile::Builder::new().prefix("trash-").tempdir_in(self.tmp_dir())?;
         let target = trash.path().join("x");
         fs::rename(path, &target).with_context(|| format!("moving {path} out of the store"))?;
-        make_writable(Utf8Path::from_path(&target).context("store paths are UTF-8")?)?;
+        make_writable(&target)?;
         let meta = fs::symlink_metadata(&target)?;
         if meta.is_dir() {
             fs::remove_dir_all(&target)?;
@@ -644,10 +644,7 @@ pub fn tree_hash(dir: &Utf8Path) -> anyhow::Result<String> {
     let file_hashes: Vec<Option<(u64, [u8; 32])>> = entries
         .par_iter()
         .map(|(_, node)| match node {
-            Node::File { path, .. } => {
-                let path = Utf8Path::from_path(path).context("store paths are UTF-8")?;
-                crate::util::hash::blake3_file(path).map(|(h, size)| Some((size, *h.as_bytes())))
-            }
+            Node::File { path, .. } => crate::util::hash::blake3_file(path).map(|(h, size)| Some((size, *h.as_bytes()))),
             _ => Ok(None),
         })
         .collect::<anyhow::Result<_>>()?;

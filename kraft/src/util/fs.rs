@@ -5,6 +5,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use anyhow::{bail, Context, Result};
+use std::ffi::OsStr;
+use std::path::Path;
+
 use camino::Utf8Path;
 
 /// Write `bytes` to `path` through a temporary file in the same directory
@@ -23,72 +26,76 @@ pub fn write_atomic(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
 /// Copy the tree `from` into `to` (created if missing): directories, regular
 /// files with their owner-exec bit (0755 or 0644), and symlinks as symlinks.
 /// An existing file or link at a destination is replaced. Other file types
-/// (devices, sockets, fifos) are an error.
-pub fn copy_tree(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
+/// (devices, sockets, fifos) are an error. Names need not be UTF-8.
+pub fn copy_tree(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
     copy_tree_except(from, to, &[])
 }
 
 /// [`copy_tree`], leaving out every entry whose name is in `skip` (at any
 /// depth), e.g. `.git`.
-pub fn copy_tree_except(from: &Utf8Path, to: &Utf8Path, skip: &[&str]) -> Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(to).with_context(|| format!("creating directory {to}"))?;
-    for entry in fs::read_dir(from).with_context(|| format!("listing {from}"))? {
-        let entry = entry.with_context(|| format!("listing {from}"))?;
+pub fn copy_tree_except(from: impl AsRef<Path>, to: impl AsRef<Path>, skip: &[&str]) -> Result<()> {
+    copy_dir(from.as_ref(), to.as_ref(), skip)
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) -> Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(to).with_context(|| format!("creating directory {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("listing {}", from.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", from.display()))?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { bail!("{from} holds a file whose name is not UTF-8: {:?}", entry.file_name()) };
-        if skip.contains(&name) {
+        if skip.iter().any(|s| OsStr::new(s) == name) {
             continue;
         }
-        let src = from.join(name);
-        let dst = to.join(name);
-        let meta = fs::symlink_metadata(&src).with_context(|| format!("reading the metadata of {src}"))?;
+        let src = from.join(&name);
+        let dst = to.join(&name);
+        let meta = fs::symlink_metadata(&src).with_context(|| format!("reading the metadata of {}", src.display()))?;
         let ft = meta.file_type();
         if ft.is_dir() {
-            copy_tree_except(&src, &dst, skip)?;
+            copy_dir(&src, &dst, skip)?;
         } else if ft.is_file() {
             let mode = if meta.mode() & 0o100 != 0 { 0o755 } else { 0o644 };
             remove_if_present(&dst)?;
-            let mut input = fs::File::open(&src).with_context(|| format!("opening {src}"))?;
+            let mut input = fs::File::open(&src).with_context(|| format!("opening {}", src.display()))?;
             let mut output = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(mode)
                 .open(&dst)
-                .with_context(|| format!("creating {dst}"))?;
-            io::copy(&mut input, &mut output).with_context(|| format!("copying {src} to {dst}"))?;
-            output.set_permissions(fs::Permissions::from_mode(mode)).with_context(|| format!("setting the mode of {dst}"))?;
+                .with_context(|| format!("creating {}", dst.display()))?;
+            io::copy(&mut input, &mut output).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            output.set_permissions(fs::Permissions::from_mode(mode)).with_context(|| format!("setting the mode of {}", dst.display()))?;
         } else if ft.is_symlink() {
-            let target = fs::read_link(&src).with_context(|| format!("reading the link {src}"))?;
+            let target = fs::read_link(&src).with_context(|| format!("reading the link {}", src.display()))?;
             remove_if_present(&dst)?;
-            std::os::unix::fs::symlink(&target, &dst).with_context(|| format!("creating the link {dst}"))?;
+            std::os::unix::fs::symlink(&target, &dst).with_context(|| format!("creating the link {}", dst.display()))?;
         } else {
-            bail!("{src} is not a regular file, directory or symlink");
+            bail!("{} is not a regular file, directory or symlink", src.display());
         }
     }
     Ok(())
 }
 
-fn remove_if_present(path: &Utf8Path) -> Result<()> {
+fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {path}")),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
 }
 
 /// Give the owner write access to every directory and file under `root`,
 /// so a read-only tree (store trees are 0555/0444) can be removed.
-pub fn make_writable(root: &Utf8Path) -> Result<()> {
-    let meta = fs::symlink_metadata(root).with_context(|| format!("reading the metadata of {root}"))?;
+pub fn make_writable(root: impl AsRef<Path>) -> Result<()> {
+    let root = root.as_ref();
+    let meta = fs::symlink_metadata(root).with_context(|| format!("reading the metadata of {}", root.display()))?;
     if meta.is_dir() {
-        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700)).with_context(|| format!("making {root} writable"))?;
-        for entry in fs::read_dir(root).with_context(|| format!("listing {root}"))? {
-            let path = entry.with_context(|| format!("listing {root}"))?.path();
-            let path = camino::Utf8PathBuf::from_path_buf(path).map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
-            make_writable(&path)?;
+        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700))
+            .with_context(|| format!("making {} writable", root.display()))?;
+        for entry in fs::read_dir(root).with_context(|| format!("listing {}", root.display()))? {
+            make_writable(entry.with_context(|| format!("listing {}", root.display()))?.path())?;
         }
     } else if meta.is_file() {
-        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o200)).with_context(|| format!("making {root} writable"))?;
+        fs::set_permissions(root, fs::Permissions::from_mode((meta.mode() & 0o777) | 0o200))
+            .with_context(|| format!("making {} writable", root.display()))?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::io;
 
 use anyhow::{Context, Result};
 use camino::Utf8Path;
+use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// Lowercase hex of `bytes`.
@@ -24,10 +25,12 @@ pub fn is_hex64(s: &str) -> bool {
 }
 
 /// blake3 of a file's contents, and its size.
-pub fn blake3_file(path: &Utf8Path) -> Result<(blake3::Hash, u64)> {
-    let mut file = fs::File::open(path).with_context(|| format!("opening {path}"))?;
+/// Takes any path: store trees may hold names that are not UTF-8.
+pub fn blake3_file(path: impl AsRef<Path>) -> Result<(blake3::Hash, u64)> {
+    let path = path.as_ref();
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = blake3::Hasher::new();
-    let size = io::copy(&mut file, &mut hasher).with_context(|| format!("reading {path}"))?;
+    let size = io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
     Ok((hasher.finalize(), size))
 }
 
