@@ -53,9 +53,7 @@ pub fn check(session: &Session, app: &str, target: Option<&str>) -> anyhow::Resu
             .into());
         }
         session.output.status("Identical", &format!("{name} sha256 {sum_a}"));
-        if session.output.is_json() {
-            session.output.event(serde_json::json!({"reason": "repro", "file": name, "sha256": sum_a, "identical": true}));
-        }
+        session.output.message(&crate::output::Message::Repro { file: name, sha256: &sum_a, identical: true });
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::source::app::{fetch_app, LockedApp};
 use crate::diag::Diagnostic;
+use crate::output::message::{Message, TargetFinished, UnitFinished};
 use crate::exec::{self, BuildReport, Event, ExecContext};
 use crate::plan::graph::{ActionKind, Graph};
 use crate::source::kraftfile::Target;
@@ -205,24 +206,23 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let sandbox = Sandbox::new(prepared.input.mounts(), prepared.input.env.clone())?;
     let state_path = prepared.out_dir.join("state.json");
     let output = &session.output;
+    let bar = output.progress(plan.graph.actions.len());
     let progress = |event: &Event<'_>| match event {
         Event::Finished { action, outcome: Some(Outcome::Ran), duration, stderr, done, total, .. } => {
-            if output.is_json() {
-                output.event(serde_json::json!({
-                    "reason": "action-finished", "action": action.name, "unit": action.unit,
-                    "outcome": "ran", "seconds": duration.as_secs_f64(), "done": done, "total": total,
-                }));
-            } else if output.terminal {
-                eprint!("\r\x1b[2K    Building [{done}/{total}] {}", action.name);
-            }
+            output.message(&Message::ActionFinished {
+                action: &action.name,
+                unit: &action.unit,
+                outcome: "ran",
+                seconds: duration.as_secs_f64(),
+                done: *done,
+                total: *total,
+            });
+            bar.advance(*done, &action.name);
             if !stderr.trim().is_empty() && !output.is_json() {
-                if output.terminal {
-                    eprintln!();
-                }
-                eprintln!("warning: output of {}:\n{}", action.name, stderr.trim_end());
+                bar.println(&format!("warning: output of {}:\n{}", action.name, stderr.trim_end()));
             }
         }
-        Event::Failed { .. } if output.terminal && !output.is_json() => eprintln!(),
+        Event::Finished { action, done, .. } => bar.advance(*done, &action.name),
         _ => {}
     };
     let mut ctx = ExecContext::new(&sandbox, &session.store, state_path.clone());
@@ -230,9 +230,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     ctx.events = &progress;
     ctx.remote = session.remote.as_ref();
     let result = exec::execute(&plan.graph, &ctx);
-    if output.terminal && !output.is_json() {
-        eprint!("\r\x1b[2K");
-    }
+    bar.finish();
     let report = result?;
 
     let build_dir = prepared.input.build.clone();
@@ -296,7 +294,7 @@ pub fn build_app(session: &Session, app: &str, target: Option<&str>) -> anyhow::
         builds.push(build);
     }
     if session.output.is_json() {
-        session.output.event(serde_json::json!({"reason": "build-finished", "success": true, "seconds": start.elapsed().as_secs_f64()}));
+        session.output.message(&Message::BuildFinished { success: true, seconds: start.elapsed().as_secs_f64() });
     }
     Ok((locked, builds))
 }
@@ -304,16 +302,37 @@ pub fn build_app(session: &Session, app: &str, target: Option<&str>) -> anyhow::
 fn report(session: &Session, build: &TargetBuild) {
     let r = &build.report;
     if session.output.is_json() {
-        let units: Vec<serde_json::Value> = r
+        let units = r
             .units
             .iter()
-            .map(|u| serde_json::json!({"unit": u.unit, "status": u.status(), "actions": u.total, "built": u.built, "cached": u.cached, "fresh": u.fresh, "seconds": u.wall.as_secs_f64()}))
+            .map(|u| UnitFinished {
+                unit: &u.unit,
+                status: u.status(),
+                actions: u.total,
+                built: u.built,
+                cached: u.cached,
+                fresh: u.fresh,
+                seconds: u.wall.as_secs_f64(),
+            })
             .collect();
-        session.output.event(serde_json::json!({
-            "reason": "target-finished", "target": build.target, "image": build.image, "dbg": build.dbg,
-            "plan_cached": build.plan_cached, "make_runs": build.make_runs, "plan_seconds": build.plan_seconds, "noop_check_files": build.noop_check, "exec_seconds": r.duration.as_secs_f64(),
-            "actions": r.total, "run": r.run, "restored": r.restored, "up_to_date": r.up_to_date,
-            "files_hashed": r.files_hashed, "remote_hits": r.remote_hits, "remote_uploads": r.remote_uploads, "units": units, "seconds": build.wall.as_secs_f64(),
+        session.output.message(&Message::TargetFinished(TargetFinished {
+            target: &build.target,
+            image: build.image.as_ref(),
+            dbg: build.dbg.as_ref(),
+            plan_cached: build.plan_cached,
+            make_runs: build.make_runs,
+            plan_seconds: build.plan_seconds,
+            noop_check_files: build.noop_check,
+            exec_seconds: r.duration.as_secs_f64(),
+            actions: r.total,
+            run: r.run,
+            restored: r.restored,
+            up_to_date: r.up_to_date,
+            files_hashed: r.files_hashed,
+            remote_hits: r.remote_hits,
+            remote_uploads: r.remote_uploads,
+            units,
+            seconds: build.wall.as_secs_f64(),
         }));
         return;
     }

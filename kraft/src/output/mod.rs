@@ -1,7 +1,13 @@
 //! What the tool tells its user: plain lines by default (CI logs),
-//! `--message-format json` for machines (one JSON object per line, like
+//! `--message-format json` for machines (one typed [`Message`] per line, like
 //! cargo's). Human lines go to stderr, as cargo's status lines do; JSON goes to
-//! stdout.
+//! stdout. A progress bar ([`Progress`]) only on a terminal.
+
+pub mod message;
+pub mod progress;
+
+pub use message::Message;
+pub use progress::Progress;
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -32,35 +38,45 @@ impl Output {
     pub fn status(&self, verb: &str, message: &str) {
         match self.format {
             MessageFormat::Human => {
-                let _guard = self.lock.lock().unwrap();
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 eprintln!("{verb:>12} {message}");
             }
-            MessageFormat::Json => self.event(serde_json::json!({"reason": "status", "verb": verb.trim(), "message": message})),
+            MessageFormat::Json => self.message(&Message::Status { verb: verb.trim(), message }),
         }
     }
 
     pub fn warning(&self, diagnostic: &Diagnostic) {
         match self.format {
             MessageFormat::Human => {
-                let _guard = self.lock.lock().unwrap();
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 eprintln!("warning: {diagnostic}");
             }
-            MessageFormat::Json => self.event(serde_json::json!({"reason": "warning", "diagnostic": diagnostic, "rendered": diagnostic.to_string()})),
+            MessageFormat::Json => self.message(&Message::Warning { diagnostic, rendered: diagnostic.to_string() }),
         }
     }
 
     pub fn error(&self, error: &anyhow::Error) {
         match self.format {
             MessageFormat::Human => eprintln!("error: {error:#}"),
-            MessageFormat::Json => self.event(serde_json::json!({"reason": "error", "rendered": format!("{error:#}")})),
+            MessageFormat::Json => self.message(&Message::Error { rendered: format!("{error:#}") }),
         }
     }
 
-    /// One JSON object per line on stdout.
-    pub fn event(&self, value: serde_json::Value) {
-        let _guard = self.lock.lock().unwrap();
+    /// One JSON object per line on stdout (JSON mode only).
+    pub fn message(&self, message: &Message<'_>) {
+        if !self.is_json() {
+            return;
+        }
+        let Ok(line) = serde_json::to_string(message) else { return };
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{value}");
+        let _ = writeln!(stdout, "{line}");
+    }
+
+    /// A progress bar over `total` steps: drawn only on a terminal in human
+    /// mode, a no-op otherwise.
+    pub fn progress(&self, total: usize) -> Progress {
+        Progress::new(self.terminal && !self.is_json(), total)
     }
 
     pub fn is_json(&self) -> bool {
