@@ -10,6 +10,9 @@
 //! | [`diag`] | located errors and warnings (`file:line:col`, what, how to fix) |
 //! | [`session`] | what every command needs: workspace, store, mirrors, network mode, output |
 //! | [`output`] | plain lines, a progress bar on a terminal, or typed JSON messages |
+//! | [`output::message`] | the typed JSON messages (`--message-format json`) |
+//! | [`output::progress`] | the progress bar, only on a terminal |
+//! | [`source`] | where sources come from, in order: |
 //! | [`source::kraftfile`] | the app description, read as kraftkit reads it |
 //! | [`source::workspace`] | the cargo workspace: apps directory, mirrors, target directory |
 //! | [`source::recipe`] | `recipes/*.toml`: optional overrides for where a component comes from |
@@ -31,6 +34,7 @@
 //! | [`exec::state`] | what the last build of a target did |
 //! | [`exec::noop`] | the stat-only check that stops a build with nothing to do |
 //! | [`exec::explain`] | why each action ran |
+//! | [`cache`] | action caches, local and shared: |
 //! | [`cache::local`] | the local action cache and its garbage collector |
 //! | [`cache::http`] | the shared cache over bazel-remote's HTTP protocol |
 //! | [`pipeline`] | lock → fetch → no-op check → plan → execute → record → install |
