@@ -33,6 +33,7 @@
         fileset = lib.fileset.unions [
           ./Cargo.toml
           ./Cargo.lock
+          ./kraft
           ./xtask
           ./recipes
         ];
