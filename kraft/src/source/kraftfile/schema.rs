@@ -93,7 +93,7 @@ impl Cx<'_> {
                 ))
             }
         };
-        self.check(node, what, validate::text_problem(&text), "remove the character")?;
+        self.check(node, &format!("`{what}`"), validate::text_problem(&text), "remove the character")?;
         Ok(text)
     }
 
