@@ -6,3 +6,4 @@ pub mod fs;
 pub mod hash;
 pub mod shell;
 pub mod text;
+pub mod tree_path;
