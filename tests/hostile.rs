@@ -131,8 +131,136 @@ fn hostile_kraftfiles_are_refused_fast_small_and_located() {
     );
 }
 
-/// `Utf8Path` helper for the git test below.
-#[allow(dead_code)]
+/// Run git in `dir` on the bare repository `git_dir`, feeding `input`.
+fn git_in(git_dir: &Utf8Path, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("git")
+        .args(args)
+        .env("GIT_DIR", git_dir.as_str())
+        .env("GIT_AUTHOR_NAME", "Mallory")
+        .env("GIT_AUTHOR_EMAIL", "mallory@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Mallory")
+        .env("GIT_COMMITTER_EMAIL", "mallory@example.invalid")
+        .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("git runs");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A bare repository `<dir>/<name>.git` whose `stable` branch (and tag
+/// `RELEASE-0.1.0`) is one commit of a tree built by hand from `entries`
+/// (`mode kind name` lines as `git mktree` reads them, where `{link}` is a
+/// blob holding `link_target`, `{file}` a blob holding "pwned" and `{sub}` a
+/// tree holding `{file}` as `pwned`). Git's porcelain would never write such
+/// trees; a hostile server can.
+fn crafted_repo(dir: &Utf8Path, name: &str, link_target: &str, entries: &[&str]) -> (Utf8PathBuf, String) {
+    let bare = dir.join(format!("{name}.git"));
+    std::fs::create_dir_all(&bare).unwrap();
+    git_in(&bare, &["init", "-q", "--bare", bare.as_str()], "");
+    let file = git_in(&bare, &["hash-object", "-w", "--stdin"], "pwned\n");
+    let link = git_in(&bare, &["hash-object", "-w", "--stdin"], link_target);
+    let sub = git_in(&bare, &["mktree"], &format!("100644 blob {file}\tpwned\n"));
+    let listing: String = entries
+        .iter()
+        .map(|e| e.replace("{link}", &link).replace("{file}", &file).replace("{sub}", &sub) + "\n")
+        .collect();
+    let tree = git_in(&bare, &["mktree"], &listing);
+    let commit = git_in(&bare, &["commit-tree", &tree, "-m", "crafted"], "");
+    git_in(&bare, &["update-ref", "refs/heads/stable", &commit], "");
+    git_in(&bare, &["tag", "RELEASE-0.1.0", &commit], "");
+    (bare, commit)
+}
+
+/// Every file under `root` named `pwned`, outside `except`.
+fn pwned_files(root: &Utf8Path, except: &[&Utf8Path]) -> Vec<Utf8PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| Utf8PathBuf::from_path_buf(e.into_path()).unwrap())
+        .filter(|p| p.file_name() == Some("pwned") && !except.iter().any(|x| p.starts_with(x)))
+        .collect()
+}
+
+/// The crafted trees: each must be refused by the export itself (called
+/// directly on the repository, so git's own fsck on fetch cannot help).
+fn crafted_trees(outside: &Utf8Path) -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let up = "../".repeat(12) + outside.as_str().trim_start_matches('/');
+    vec![
+        ("symlink-then-path-through-it", outside.to_string(), vec!["120000 blob {link}\tlink", "040000 tree {sub}\tlink"]),
+        ("relative-symlink-leaving-the-tree", up, vec!["120000 blob {link}\tlink", "040000 tree {sub}\tlink"]),
+        ("dotdot-entry", String::new(), vec!["040000 tree {sub}\t.."]),
+        ("git-dir-entry", String::new(), vec!["040000 tree {sub}\t.git"]),
+        ("duplicate-entry", String::new(), vec!["100644 blob {file}\tpwned", "100644 blob {file}\tpwned"]),
+        // Trees git's fsck accepts: only the export's own checks stop these.
+        ("absolute-symlink", outside.to_string(), vec!["120000 blob {link}\tlink", "100644 blob {file}\tother"]),
+        ("symlink-leaving-from-a-subdir", "../../outside".to_string(), vec!["040000 tree {sub}\tsub", "120000 blob {link}\tz-link"]),
+    ]
+}
+
+#[test]
+fn crafted_git_trees_are_refused_by_export_and_write_nothing_outside() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = utf8(tmp.path()).to_owned();
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    for (case, target, entries) in crafted_trees(&outside) {
+        let (bare, commit) = crafted_repo(&root.join("repos"), case, &target, &entries);
+        let dest = root.join("export").join(case);
+        std::fs::create_dir_all(&dest).unwrap();
+        let repo = kraft::source::git::CacheRepo { path: bare };
+        let err = repo.export(&commit, &dest).expect_err(case);
+        let text = format!("{err:#}");
+        assert!(text.contains("refusing to export"), "{case}: {text}");
+        assert!(pwned_files(&root, &[&root.join("export")]).is_empty(), "{case}: wrote outside: {text}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{case}");
+    }
+}
+
+#[test]
+fn crafted_git_repository_locked_and_fetched_writes_nothing_outside_the_store() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let root = utf8(tmp.path()).to_owned();
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let mirror = root.join("mirror");
+    support::make_repo(&mirror.join("unikraft"), "unikraft", &support::fixtures().join("core"));
+    let ws = root.join("ws");
+    support::make_workspace(&ws);
+    support::write_greet_recipe(&ws);
+    std::fs::create_dir_all(ws.join("apps/hello")).unwrap();
+    std::fs::write(
+        ws.join("apps/hello/Kraftfile"),
+        "spec: v0.6\nname: hello\nunikraft: stable\nlibraries:\n  greet: stable\ntargets:\n  - qemu/x86_64\n",
+    )
+    .unwrap();
+    let store = root.join("store");
+    let mirrors = format!("https://github.com/={mirror}/");
+    for (case, target, entries) in crafted_trees(&outside) {
+        // Each case is served as lib-greet in turn.
+        let _ = std::fs::remove_dir_all(mirror.join("unikraft/lib-greet.git"));
+        let _ = std::fs::remove_file(ws.join("apps/hello/kraft.lock"));
+        crafted_repo(&mirror.join("unikraft"), "lib-greet", &target, &entries);
+        let out = support::xtask(&ws, &store, &[("KRAFT_MIRRORS", &mirrors)], &["fetch", "hello"]);
+        let err = support::stderr(&out);
+        assert!(!out.status.success(), "{case}: a crafted repository was fetched: {err}");
+        assert!(!err.contains("panicked"), "{case}: {err}");
+        assert!(pwned_files(&root, &[&store, &mirror]).is_empty(), "{case}: wrote outside the store: {err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{case}: {err}");
+        eprintln!("{case}: refused: {}", err.lines().find(|l| l.contains("error")).unwrap_or(""));
+    }
+}
+
 fn utf8(p: &std::path::Path) -> &Utf8Path {
     Utf8Path::from_path(p).unwrap()
 }
