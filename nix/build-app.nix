@@ -71,7 +71,7 @@ stdenv.mkDerivation {
     export CARGO_HOME=$TMPDIR/cargo-home
     export CARGO_TARGET_DIR=$TMPDIR/target
     export KRAFT_STORE=$TMPDIR/kraft-store
-    unset KRAFT_MIRRORS KRAFT_REMOTE_CACHE KRAFT_CACHE_SECRET CI
+    unset KRAFT_MIRRORS KRAFT_REMOTE_CACHE KRAFT_CACHE_SIGNING_KEY KRAFT_CACHE_TRUSTED_KEYS CI
     ${mirror}/bin/kraft-seed-store --link "$KRAFT_STORE"
     export KRAFT_ARCHIVE_DIR=${mirror}/archives
     # The Nix sandbox is the sandbox; bubblewrap would not see /nix/store.

@@ -7,6 +7,11 @@
 //! child stops the server) and counts what reached it from the files under
 //! its root and its access log. Tests assert on counters, files and
 //! warnings, never on time.
+//!
+//! The roles of the trust model: CI signs with its Ed25519 private key
+//! (`ci_keys`), a laptop holds only the public key (`reader_keys`), and the
+//! server holds nothing: the tests forge entries on it as an attacker who
+//! owns it could, and check that they are ignored.
 
 #[path = "support/graphs.rs"]
 mod graphs;
@@ -19,12 +24,41 @@ use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use graphs::{set, Client, APP_OUTPUT, COMPILES};
-use hmac::{Hmac, Mac};
-use kraft::cache::http::{RemoteCache, RemoteOptions, NO_SECRET_WARNING};
+use base64::Engine as _;
+use ed25519_dalek::{Signer, SigningKey};
+use kraft::cache::http::{RemoteCache, RemoteOptions, NO_SIGNING_KEY_WARNING, NO_TRUSTED_KEYS_WARNING};
+use kraft::cache::signing::CacheKeys;
 use sha2::{Digest, Sha256};
 
 const NGINX: &str = "/usr/sbin/nginx";
-const SECRET: &[u8] = b"team-secret-for-tests";
+/// CI's private key (a fixed seed, so failures reproduce).
+const CI_SEED: [u8; 32] = [0x11; 32];
+/// A key the clients do not trust (an attacker's, or a rotated-out one).
+const OTHER_SEED: [u8; 32] = [0x22; 32];
+
+/// CI: signs with its private key (and trusts its public key).
+fn ci_keys() -> CacheKeys {
+    CacheKeys::none().signing("ci", CI_SEED)
+}
+
+/// A laptop: CI's public key only.
+fn reader_keys() -> CacheKeys {
+    CacheKeys { signer: None, trusted: ci_keys().trusted }
+}
+
+/// Sign `payload` for the action key `key` as the server-side attacker
+/// would, with `seed` under `key_id` (the document format of cache/http.rs).
+fn forge(key_id: &str, seed: [u8; 32], key: &str, payload: &str) -> serde_json::Value {
+    let mut message = b"kraft-xtask remote ac v2\0".to_vec();
+    message.extend_from_slice(key_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(key.as_bytes());
+    message.push(0);
+    message.extend_from_slice(payload.as_bytes());
+    let sig = SigningKey::from_bytes(&seed).sign(&message);
+    let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
+    serde_json::json!({ "version": 2, "payload": payload, "key": key_id, "sig": sig })
+}
 
 /// An nginx serving a WebDAV-writable root; killed on drop.
 struct Nginx {
@@ -163,11 +197,11 @@ http {{
 
 /// A remote cache whose warnings are collected; uploads are waited for long
 /// enough that the tests never depend on timing.
-fn remote(server: &Nginx, secret: Option<&[u8]>) -> (RemoteCache, Arc<Mutex<Vec<String>>>) {
+fn remote(server: &Nginx, keys: CacheKeys) -> (RemoteCache, Arc<Mutex<Vec<String>>>) {
     let warnings = Arc::new(Mutex::new(Vec::new()));
     let sink = warnings.clone();
     let options = RemoteOptions { upload_wait: Duration::from_secs(120), ..RemoteOptions::default() };
-    let cache = RemoteCache::from_config(Some(&server.url()), secret)
+    let cache = RemoteCache::from_config(Some(&server.url()), keys)
         .unwrap()
         .with_options(options)
         .with_warnings(move |w| sink.lock().unwrap().push(w.to_owned()));
@@ -181,7 +215,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Fill a fresh server with a cold build; returns the server and the client.
 fn filled() -> Option<(Nginx, Client)> {
     let server = Nginx::start()?;
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    let (cache, warnings) = remote(&server, ci_keys());
     let ci = Client::new();
     let (report, seen) = ci.build(Some(&cache));
     assert_eq!(report.run, 6, "{report:#?}");
@@ -223,8 +257,10 @@ fn cold_build_fills_the_server_and_an_empty_client_runs_nothing() {
     let puts = server.puts();
     assert_eq!(puts, 9 + outputs.len(), "{:#?}", server.requests());
 
-    // A second client, empty local store, same secret: everything restored.
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    // A laptop (CI's public key only, read-only), empty local store:
+    // everything restored.
+    let (cache, warnings) = remote(&server, reader_keys());
+    let cache = cache.read_only(true);
     let laptop = Client::new();
     let (report, seen) = laptop.build(Some(&cache));
     assert_eq!((report.run, report.restored, report.remote_hits), (0, 6, 6), "{report:#?}");
@@ -247,7 +283,7 @@ fn a_server_killed_mid_build_gives_one_warning_and_a_local_build() {
     let url = server.lock().unwrap().url();
     let warnings = Arc::new(Mutex::new(Vec::new()));
     let sink = warnings.clone();
-    let cache = RemoteCache::from_config(Some(&url), Some(SECRET))
+    let cache = RemoteCache::from_config(Some(&url), ci_keys())
         .unwrap()
         .with_options(RemoteOptions { upload_wait: Duration::from_secs(120), ..RemoteOptions::default() })
         .with_warnings(move |w| sink.lock().unwrap().push(w.to_owned()));
@@ -268,7 +304,7 @@ fn a_server_killed_mid_build_gives_one_warning_and_a_local_build() {
     let (cache, warnings) = {
         let w = Arc::new(Mutex::new(Vec::new()));
         let sink = w.clone();
-        (RemoteCache::from_config(Some(&url), Some(SECRET)).unwrap().with_warnings(move |m| sink.lock().unwrap().push(m.to_owned())), w)
+        (RemoteCache::from_config(Some(&url), ci_keys()).unwrap().with_warnings(move |m| sink.lock().unwrap().push(m.to_owned())), w)
     };
     let other = Client::new();
     let (report, _) = other.build(Some(&cache));
@@ -287,7 +323,8 @@ fn a_corrupt_blob_on_the_server_is_discarded_and_rebuilt() {
     corrupt[a_o.len() / 2] ^= 0xff;
     fs::write(&on_server, &corrupt).unwrap();
 
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    // Another CI runner (it holds the signing key, so it re-uploads).
+    let (cache, warnings) = remote(&server, ci_keys());
     let laptop = Client::new();
     let (report, seen) = laptop.build(Some(&cache));
     assert_eq!(seen.ran, set(&["libab/a.o"]), "{report:#?}");
@@ -304,41 +341,59 @@ fn a_corrupt_blob_on_the_server_is_discarded_and_rebuilt() {
 }
 
 #[test]
-fn a_forged_action_entry_is_ignored() {
+fn forged_and_untrusted_action_entries_are_ignored() {
     let Some((server, ci)) = filled() else { return };
     // Point a.o's entry at c.o's blob (a real blob, with valid hashes) and
-    // sign it with another secret.
+    // sign it with another key under CI's key id.
     let (a_file, mut a_entry) = ac_doc_for(&server, "/kraft/build/libab/a.o");
-    let (_, c_entry) = ac_doc_for(&server, "/kraft/build/app/c.o");
+    let (c_file, c_entry) = ac_doc_for(&server, "/kraft/build/app/c.o");
     let c_out = c_entry["entry"]["outputs"][0].clone();
     for field in ["blake3", "sha256", "size"] {
         a_entry["entry"]["outputs"][0][field] = c_out[field].clone();
     }
-    let payload = a_entry.to_string();
-    let key = a_file.file_name().unwrap();
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(b"not-the-team-secret").unwrap();
-    mac.update(b"kraft-xtask remote ac v1\0");
-    mac.update(key.as_bytes());
-    mac.update(b"\0");
-    mac.update(payload.as_bytes());
-    let mac: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let forged = serde_json::json!({ "version": 1, "payload": payload, "mac": mac });
-    fs::write(&a_file, forged.to_string()).unwrap();
-    // And b.o's entry: tampered payload, original MAC kept.
+    let a_key = a_file.file_name().unwrap();
+    fs::write(&a_file, forge("ci", OTHER_SEED, a_key, &a_entry.to_string()).to_string()).unwrap();
+    // b.o's entry: tampered payload, CI's signature kept.
     let (b_file, _) = ac_doc_for(&server, "/kraft/build/libab/b.o");
     let mut b_doc: serde_json::Value = serde_json::from_slice(&fs::read(&b_file).unwrap()).unwrap();
     let tampered = b_doc["payload"].as_str().unwrap().replace(&ci_blake3(&ci, "libab/b.o"), c_out["blake3"].as_str().unwrap());
     b_doc["payload"] = tampered.into();
     fs::write(&b_file, b_doc.to_string()).unwrap();
+    // c.o's entry: the right payload, re-signed by a key nobody trusts.
+    let c_doc: serde_json::Value = serde_json::from_slice(&fs::read(&c_file).unwrap()).unwrap();
+    let c_key = c_file.file_name().unwrap();
+    fs::write(&c_file, forge("mallory", OTHER_SEED, c_key, c_doc["payload"].as_str().unwrap()).to_string()).unwrap();
 
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    let (cache, warnings) = remote(&server, reader_keys());
     let laptop = Client::new();
-    let (report, seen) = laptop.build(Some(&cache));
-    assert_eq!(seen.ran, set(&["libab/a.o", "libab/b.o"]), "{report:#?}");
+    let (report, seen) = laptop.build(Some(&cache.read_only(true)));
+    assert_eq!(seen.ran, set(&["libab/a.o", "libab/b.o", "app/c.o"]), "{report:#?}");
     assert_eq!(laptop.run_app(), APP_OUTPUT);
     let warnings = warnings.lock().unwrap().clone();
     assert_eq!(warnings.len(), 1, "one warning per build: {warnings:?}");
-    assert!(warnings[0].contains("not signed"), "{warnings:?}");
+    assert!(warnings[0].contains("not signed by a trusted key"), "{warnings:?}");
+}
+
+#[test]
+fn keys_rotate_entries_carry_their_key_id() {
+    let Some((server, _ci)) = filled() else { return };
+    let ci_public = ci_keys().trusted;
+    let next = CacheKeys::none().signing("ci-next", OTHER_SEED).trusted;
+
+    // Trusting the old and the new key: CI's entries (old key) are read.
+    let both = CacheKeys { signer: None, trusted: ci_public.iter().chain(&next).cloned().collect() };
+    let (cache, warnings) = remote(&server, both);
+    let (report, _) = Client::new().build(Some(&cache.read_only(true)));
+    assert_eq!((report.run, report.remote_hits), (0, 6), "{report:#?}");
+    assert!(warnings.lock().unwrap().is_empty());
+
+    // After the old key is dropped, its entries are not trusted any more.
+    let (cache, warnings) = remote(&server, CacheKeys { signer: None, trusted: next });
+    let (report, _) = Client::new().build(Some(&cache.read_only(true)));
+    assert_eq!((report.run, report.remote_hits), (6, 0), "{report:#?}");
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("key id `ci`"), "{warnings:?}");
 }
 
 fn ci_blake3(client: &Client, output: &str) -> String {
@@ -346,18 +401,18 @@ fn ci_blake3(client: &Client, output: &str) -> String {
 }
 
 #[test]
-fn a_client_without_the_secret_neither_reads_nor_writes() {
+fn a_client_trusting_no_key_neither_reads_nor_writes() {
     let Some((server, _ci)) = filled() else { return };
     let ac = server.files("ac");
     let cas = server.files("cas");
     let requests = server.requests().len();
 
-    let (cache, warnings) = remote(&server, None);
+    let (cache, warnings) = remote(&server, CacheKeys::none());
     let outsider = Client::new();
     let (report, seen) = outsider.build(Some(&cache));
-    assert_eq!(seen.ran.len(), 6, "nothing is trusted without the secret");
+    assert_eq!(seen.ran.len(), 6, "nothing is trusted without a trusted key");
     assert_eq!((report.remote_hits, report.remote_uploads), (0, 0));
-    assert_eq!(*warnings.lock().unwrap(), vec![NO_SECRET_WARNING.to_string()]);
+    assert_eq!(*warnings.lock().unwrap(), vec![NO_TRUSTED_KEYS_WARNING.to_string()]);
     assert_eq!(server.files("ac"), ac);
     assert_eq!(server.files("cas"), cas);
     assert_eq!(server.requests().len(), requests, "not a single request: {:#?}", server.requests());
@@ -365,10 +420,23 @@ fn a_client_without_the_secret_neither_reads_nor_writes() {
 }
 
 #[test]
+fn a_reader_without_the_signing_key_does_not_upload_and_says_so_once() {
+    let Some(server) = Nginx::start() else { return };
+    let (cache, warnings) = remote(&server, reader_keys());
+    assert!(!cache.can_sign() && cache.can_verify());
+    let laptop = Client::new();
+    let (report, _) = laptop.build(Some(&cache));
+    assert_eq!((report.run, report.remote_uploads), (6, 0));
+    assert_eq!(server.puts(), 0, "{:#?}", server.requests());
+    assert_eq!(*warnings.lock().unwrap(), vec![NO_SIGNING_KEY_WARNING.to_string()]);
+}
+
+#[test]
 fn a_read_only_client_reads_and_never_writes() {
     let Some(server) = Nginx::start() else { return };
-    // Empty server: builds everything, uploads nothing.
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    // Empty server: builds everything, uploads nothing. It holds the signing
+    // key, and KRAFT_REMOTE_CACHE_READONLY still wins.
+    let (cache, warnings) = remote(&server, ci_keys());
     let cache = cache.read_only(true);
     let laptop = Client::new();
     let (report, _) = laptop.build(Some(&cache));
@@ -378,7 +446,7 @@ fn a_read_only_client_reads_and_never_writes() {
     assert!(warnings.lock().unwrap().is_empty());
 
     // Filled by CI: reads everything.
-    let (writer, _) = remote(&server, Some(SECRET));
+    let (writer, _) = remote(&server, ci_keys());
     Client::new().build(Some(&writer));
     let puts = server.puts();
     let other = Client::new();

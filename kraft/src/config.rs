@@ -13,14 +13,14 @@
 //! | `KRAFT_SANDBOX_PATH` | the `PATH` build commands see |
 //! | `KRAFT_REMOTE_CACHE` | the shared cache URL |
 //! | `KRAFT_REMOTE_UPLOAD` | `1`: write to the shared cache (CI) |
-//! | `KRAFT_CACHE_SECRET` | the shared cache's signing secret |
+//! | `KRAFT_CACHE_SIGNING_KEY` | CI: the shared cache's Ed25519 private key (a file, or `keyid:base64`) |
+//! | `KRAFT_CACHE_TRUSTED_KEYS` | the public keys whose shared-cache entries are trusted (`keyid:base64,…`) |
 //! | `KRAFT_REMOTE_CACHE_READONLY` | `1`: read the shared cache, never write |
 //! | `CARGO_TARGET_DIR`, `CARGO_BUILD_TARGET_DIR`, `CARGO` | can change `cargo metadata`'s answer (the no-op check) |
 //!
 //! [`Config::get`] reads them the first time it is called; a program that
 //! embeds the library may call [`Config::set`] first to decide them itself.
 
-use std::ffi::OsString;
 use std::sync::OnceLock;
 
 use camino::Utf8PathBuf;
@@ -38,7 +38,10 @@ pub struct Config {
     pub sandbox_path: Option<String>,
     pub remote_cache: Option<String>,
     pub remote_upload: bool,
-    pub cache_secret: Option<OsString>,
+    /// `KRAFT_CACHE_SIGNING_KEY`: a key file's path, or the key itself.
+    pub cache_signing_key: Option<String>,
+    /// `KRAFT_CACHE_TRUSTED_KEYS`: `keyid:base64` public keys, comma-separated.
+    pub cache_trusted_keys: Option<String>,
     /// `KRAFT_REMOTE_CACHE_READONLY`: never write to the shared cache.
     pub remote_read_only: bool,
     /// The variables that can change `cargo metadata`'s answer, as read.
@@ -75,7 +78,8 @@ impl Config {
             sandbox_path: text("KRAFT_SANDBOX_PATH"),
             remote_cache: std::env::var("KRAFT_REMOTE_CACHE").ok(),
             remote_upload: yes("KRAFT_REMOTE_UPLOAD"),
-            cache_secret: std::env::var_os("KRAFT_CACHE_SECRET").filter(|s| !s.is_empty()),
+            cache_signing_key: text("KRAFT_CACHE_SIGNING_KEY"),
+            cache_trusted_keys: text("KRAFT_CACHE_TRUSTED_KEYS"),
             remote_read_only: yes("KRAFT_REMOTE_CACHE_READONLY"),
             cargo_env: ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "CARGO_HOME", "CARGO"]
                 .iter()

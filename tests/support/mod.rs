@@ -109,7 +109,7 @@ pub fn write_greet_recipe(workspace: &Utf8Path) {
 pub fn xtask(cwd: &Utf8Path, store: &Utf8Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.args(args).current_dir(cwd);
-    for var in ["KRAFT_MIRRORS", "KRAFT_ARCHIVE_DIR", "KRAFT_STORE", "KRAFT_REMOTE_CACHE", "KRAFT_CACHE_SECRET", "CI"] {
+    for var in ["KRAFT_MIRRORS", "KRAFT_ARCHIVE_DIR", "KRAFT_STORE", "KRAFT_REMOTE_CACHE", "KRAFT_CACHE_SIGNING_KEY", "KRAFT_CACHE_TRUSTED_KEYS", "CI"] {
         cmd.env_remove(var);
     }
     cmd.env("KRAFT_STORE", store.as_str());

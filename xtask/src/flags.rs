@@ -36,7 +36,7 @@ pub struct Global {
     #[arg(long, global = true, value_parser = parse_message_format, default_value = "human")]
     pub message_format: MessageFormat,
     /// Shared cache speaking bazel-remote's HTTP protocol [default: $KRAFT_REMOTE_CACHE,
-    /// else `remote-cache` in [workspace.metadata.kraft]]. Needs KRAFT_CACHE_SECRET.
+    /// else `remote-cache` in [workspace.metadata.kraft]]. Reads with KRAFT_CACHE_TRUSTED_KEYS, writes with KRAFT_CACHE_SIGNING_KEY.
     #[arg(long, global = true, value_name = "URL")]
     pub remote_cache: Option<String>,
     /// Parallel jobs [default: number of cores].
@@ -190,6 +190,17 @@ pub enum CacheCommand {
     Verify,
     /// Remove what recent locks and recent builds do not need.
     Gc(GcArgs),
+    /// Print a new Ed25519 key pair for the shared cache: the private key for
+    /// CI (KRAFT_CACHE_SIGNING_KEY), the public key for every client
+    /// (KRAFT_CACHE_TRUSTED_KEYS).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The key id entries signed with it carry (`ci-2026`); default: derived from the public key.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]

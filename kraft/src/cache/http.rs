@@ -12,13 +12,14 @@
 //! An empty value at a level switches the remote cache off (so
 //! `KRAFT_REMOTE_CACHE= cargo xtask build app` ignores the workspace's
 //! setting). [`resolve_url`] implements this; [`RemoteCache::from_env`] also
-//! reads the secret and the read-only switch.
+//! reads the keys and the read-only switch.
 //!
 //! | variable                      | meaning                                                            |
 //! |-------------------------------|--------------------------------------------------------------------|
 //! | `KRAFT_REMOTE_CACHE`          | the cache's base URL (`http://cache.internal:8080`)                |
-//! | `KRAFT_CACHE_SECRET`          | the shared secret authenticating action entries (HMAC-SHA256)      |
-//! | `KRAFT_REMOTE_CACHE_READONLY` | `1`/`true`: read, never write, even with the secret                |
+//! | `KRAFT_CACHE_SIGNING_KEY`     | CI only: the Ed25519 private key (a file, or `keyid:base64`)       |
+//! | `KRAFT_CACHE_TRUSTED_KEYS`    | every client: trusted public keys, `keyid:base64,keyid:base64`     |
+//! | `KRAFT_REMOTE_CACHE_READONLY` | `1`/`true`: read, never write, even with the signing key           |
 //!
 //! # Protocol
 //!
@@ -41,35 +42,33 @@
 //! A signed `ac/` document is JSON:
 //!
 //! ```json
-//! { "version": 1, "payload": "<the local cache file, JSON, as a string>", "mac": "<hex>" }
+//! { "version": 2, "payload": "<the local cache file, JSON, as a string>", "key": "<key id>", "sig": "<base64>" }
 //! ```
 //!
-//! where `mac = HMAC-SHA256(secret, "kraft-xtask remote ac v1\0" || key-hex || "\0" || payload)`.
-//! The key is inside the MAC, so a valid entry cannot be replayed under
-//! another action's key.
+//! where `sig = Ed25519(private key, "kraft-xtask remote ac v2\0" || key id || "\0" || action-key-hex || "\0" || payload)`
+//! (see `signing.rs`). The action key is signed, so a valid entry cannot be
+//! replayed under another action's key.
 //!
 //! # Trust model
 //!
 //! The CAS is self-verifying (content is checked against its hash), so only
-//! action entries, which map an action key to output hashes, need trust. They
-//! are authenticated with the shared secret `KRAFT_CACHE_SECRET`:
+//! action entries, which map an action key to output hashes, need trust.
+//! They are signed with Ed25519; three roles:
 //!
-//! * **with the secret**: the client reads entries whose MAC verifies, and
-//!   writes entries for what it built (CI). Set `KRAFT_REMOTE_CACHE_READONLY=1`
-//!   to read only (developer laptops that hold the secret but should not
-//!   publish what their possibly-modified toolchains produce).
-//! * **without the secret**: the remote cache is off for that client: it
-//!   reads nothing (it could not tell a forged entry from a real one) and
-//!   writes nothing. It warns once per build: `remote cache disabled:
-//!   KRAFT_CACHE_SECRET not set`.
+//! * **CI, the writer**, holds the private key (`KRAFT_CACHE_SIGNING_KEY`)
+//!   and publishes what it builds; its own public key is trusted implicitly.
+//! * **A laptop, a reader**, holds only public keys
+//!   (`KRAFT_CACHE_TRUSTED_KEYS`): it reads entries signed by a trusted key
+//!   and cannot publish any that others would accept. It does not upload,
+//!   and says so once per build unless `KRAFT_REMOTE_CACHE_READONLY=1` says
+//!   that is intended.
+//! * **The server is trusted with nothing**: it stores documents it cannot
+//!   forge. A forged, tampered or unknown-key entry is ignored (one warning
+//!   per build) and the action runs locally.
 //!
-//! An entry with a missing or wrong MAC is ignored (one warning per build)
-//! and the action runs locally; a client with write access then replaces
-//! the entry with its own. Whoever holds the secret can publish entries, so
-//! give it only to machines whose builds you would ship (CI), and to
-//! developers who read with `KRAFT_REMOTE_CACHE_READONLY=1`. The server needs
-//! no authentication of its own for integrity, though restricting `PUT` to
-//! CI at the HTTP level is a sensible second layer.
+//! A client that trusts no key is off: it reads and writes nothing (it could
+//! not tell a forged entry from a real one), with one warning. Entries carry
+//! their key id, so keys rotate by trusting the new one beside the old.
 //!
 //! # Failures
 //!
@@ -95,18 +94,22 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use camino::Utf8PathBuf;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::signing::CacheKeys;
+
 /// Version of the signed `ac/` document.
-const DOC_VERSION: u32 = 1;
-const MAC_DOMAIN: &[u8] = b"kraft-xtask remote ac v1\0";
+const DOC_VERSION: u32 = 2;
+const SIG_DOMAIN: &[u8] = b"kraft-xtask remote ac v2\0";
 /// Largest `ac/` document accepted.
 const MAX_DOC_BYTES: u64 = 16 << 20;
 
-/// The message of the warning printed when the secret is missing.
-pub const NO_SECRET_WARNING: &str = "remote cache disabled: KRAFT_CACHE_SECRET not set";
+/// The warning of a client that trusts no key (the remote cache is off).
+pub const NO_TRUSTED_KEYS_WARNING: &str = "remote cache disabled: no trusted key (set KRAFT_CACHE_TRUSTED_KEYS)";
+/// The warning of a reader that could publish but holds no private key.
+pub const NO_SIGNING_KEY_WARNING: &str =
+    "remote cache: not uploading: no KRAFT_CACHE_SIGNING_KEY (only CI publishes; set KRAFT_REMOTE_CACHE_READONLY=1 to silence this)";
 
 /// Where warnings go: one line each, without the `warning: ` prefix.
 pub type WarnSink = Arc<dyn Fn(&str) + Send + Sync>;
@@ -122,7 +125,7 @@ pub struct RemoteOptions {
     pub upload_wait: Duration,
     /// Uploads queued at most; more are dropped (default 1024).
     pub queue_capacity: usize,
-    /// Read only, even with the secret.
+    /// Read only, even with the signing key.
     pub read_only: bool,
     /// Largest blob downloaded (default 1 GiB).
     pub max_blob_bytes: u64,
@@ -141,12 +144,12 @@ impl Default for RemoteOptions {
     }
 }
 
-/// The remote cache's configuration: URL, secret, options, warning sink.
+/// The remote cache's configuration: URL, keys, options, warning sink.
 /// Cheap to clone. Each build starts a [`RemoteTier`] from it.
 #[derive(Clone)]
 pub struct RemoteCache {
     base: String,
-    secret: Option<Arc<[u8]>>,
+    keys: Arc<CacheKeys>,
     options: RemoteOptions,
     warn: WarnSink,
 }
@@ -155,7 +158,8 @@ impl fmt::Debug for RemoteCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteCache")
             .field("url", &self.base)
-            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("signer", &self.keys.signer.as_ref().map(|s| &s.id))
+            .field("trusted", &self.keys.trusted.iter().map(|(id, _)| id).collect::<Vec<_>>())
             .field("options", &self.options)
             .finish()
     }
@@ -172,25 +176,29 @@ pub fn resolve_url(flag: Option<&str>, workspace: Option<&str>) -> Option<String
 
 impl RemoteCache {
     /// A remote cache at `url` (none when `url` is `None` or empty).
-    /// Without a `secret` the cache is configured but inert: each build
-    /// warns once ([`NO_SECRET_WARNING`]) and never reads or writes.
-    pub fn from_config(url: Option<&str>, secret: Option<&[u8]>) -> Option<RemoteCache> {
+    /// Trusting no key, the cache is configured but inert: each build warns
+    /// once ([`NO_TRUSTED_KEYS_WARNING`]) and never reads or writes.
+    pub fn from_config(url: Option<&str>, keys: CacheKeys) -> Option<RemoteCache> {
         let url = url.map(str::trim).filter(|u| !u.is_empty())?;
         Some(RemoteCache {
             base: url.trim_end_matches('/').to_owned(),
-            secret: secret.filter(|s| !s.is_empty()).map(Arc::from),
+            keys: Arc::new(keys),
             options: RemoteOptions::default(),
             warn: Arc::new(|msg: &str| eprintln!("warning: {msg}")),
         })
     }
 
-    /// The usual wiring: URL by precedence ([`resolve_url`]), the secret from
-    /// `KRAFT_CACHE_SECRET`, read-only from `KRAFT_REMOTE_CACHE_READONLY`.
+    /// The usual wiring: URL by precedence ([`resolve_url`]), keys from
+    /// `KRAFT_CACHE_SIGNING_KEY` and `KRAFT_CACHE_TRUSTED_KEYS` (a malformed
+    /// key warns and is left out), read-only from `KRAFT_REMOTE_CACHE_READONLY`.
     pub fn from_env(flag: Option<&str>, workspace: Option<&str>) -> Option<RemoteCache> {
         let url = resolve_url(flag, workspace)?;
         let config = crate::config::Config::get();
-        let secret = config.cache_secret.clone().map(|s| s.into_encoded_bytes());
-        let cache = RemoteCache::from_config(Some(&url), secret.as_deref())?;
+        let (keys, problems) = CacheKeys::parse(config.cache_signing_key.as_deref(), config.cache_trusted_keys.as_deref());
+        for problem in problems {
+            eprintln!("warning: remote cache: {problem}");
+        }
+        let cache = RemoteCache::from_config(Some(&url), keys)?;
         let read_only = config.remote_read_only;
         Some(cache.read_only(read_only))
     }
@@ -199,8 +207,14 @@ impl RemoteCache {
         &self.base
     }
 
-    pub fn has_secret(&self) -> bool {
-        self.secret.is_some()
+    /// Whether this client may publish (it holds a private key).
+    pub fn can_sign(&self) -> bool {
+        self.keys.can_sign()
+    }
+
+    /// Whether this client reads at all (it trusts at least one key).
+    pub fn can_verify(&self) -> bool {
+        self.keys.can_verify()
     }
 
     pub fn options(&self) -> &RemoteOptions {
@@ -235,10 +249,10 @@ impl RemoteCache {
         let inner = Arc::new(Inner {
             base: self.base.clone(),
             agent,
-            secret: self.secret.clone(),
+            keys: self.keys.clone(),
             options: self.options.clone(),
             warn: self.warn.clone(),
-            disabled: AtomicBool::new(self.secret.is_none()),
+            disabled: AtomicBool::new(!self.keys.can_verify()),
             bad_mac_warned: AtomicBool::new(false),
             warnings: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
@@ -248,10 +262,12 @@ impl RemoteCache {
             idle: Condvar::new(),
             reupload: Mutex::new(HashSet::new()),
         });
-        if self.secret.is_none() {
-            inner.warn(NO_SECRET_WARNING.to_owned());
+        if !self.keys.can_verify() {
+            inner.warn(NO_TRUSTED_KEYS_WARNING.to_owned());
+        } else if !self.keys.can_sign() && !self.options.read_only {
+            inner.warn(NO_SIGNING_KEY_WARNING.to_owned());
         }
-        let writable = self.secret.is_some() && !self.options.read_only;
+        let writable = self.keys.can_sign() && self.keys.can_verify() && !self.options.read_only;
         let queue = if writable {
             let (tx, rx) = mpsc::sync_channel::<Upload>(self.options.queue_capacity.max(1));
             let worker = inner.clone();
@@ -307,7 +323,7 @@ pub struct RemoteStats {
 struct Inner {
     base: String,
     agent: ureq::Agent,
-    secret: Option<Arc<[u8]>>,
+    keys: Arc<CacheKeys>,
     options: RemoteOptions,
     warn: WarnSink,
     disabled: AtomicBool,
@@ -334,7 +350,22 @@ enum Fetch {
 struct SignedDoc {
     version: u32,
     payload: String,
-    mac: String,
+    /// The id of the key that signed.
+    key: String,
+    /// Base64 Ed25519 signature of [`signed_message`].
+    sig: String,
+}
+
+/// What an `ac/` document's signature covers.
+fn signed_message(key_id: &str, action_key: &str, payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIG_DOMAIN.len() + key_id.len() + action_key.len() + payload.len() + 2);
+    m.extend_from_slice(SIG_DOMAIN);
+    m.extend_from_slice(key_id.as_bytes());
+    m.push(0);
+    m.extend_from_slice(action_key.as_bytes());
+    m.push(0);
+    m.extend_from_slice(payload);
+    m
 }
 
 impl Inner {
@@ -359,16 +390,6 @@ impl Inner {
 
     fn url(&self, kind: &str, name: &str) -> String {
         format!("{}/{kind}/{name}", self.base)
-    }
-
-    fn mac(&self, key: &str, payload: &[u8]) -> Option<Hmac<Sha256>> {
-        let secret = self.secret.as_ref()?;
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).ok()?;
-        mac.update(MAC_DOMAIN);
-        mac.update(key.as_bytes());
-        mac.update(b"\0");
-        mac.update(payload);
-        Some(mac)
     }
 
     fn get(&self, kind: &str, name: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
@@ -483,8 +504,16 @@ impl Inner {
 
     fn sign(&self, key: &str, payload: Vec<u8>) -> Option<Vec<u8>> {
         let payload = String::from_utf8(payload).ok()?;
-        let mac = self.mac(key, payload.as_bytes())?.finalize().into_bytes();
-        serde_json::to_vec(&SignedDoc { version: DOC_VERSION, payload, mac: hex(&mac) }).ok()
+        let signer = self.keys.signer.as_ref()?;
+        let (id, sig) = self.keys.sign(&signed_message(&signer.id, key, payload.as_bytes()))?;
+        serde_json::to_vec(&SignedDoc { version: DOC_VERSION, payload, key: id, sig }).ok()
+    }
+
+    /// The payload of a document, if a trusted key signed it for `key`.
+    fn verify(&self, key: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        let doc = serde_json::from_slice::<SignedDoc>(bytes).ok().filter(|d| d.version == DOC_VERSION)?;
+        let message = signed_message(&doc.key, key, doc.payload.as_bytes());
+        self.keys.verify(&doc.key, &message, &doc.sig).then(|| doc.payload.into_bytes())
     }
 }
 
@@ -512,20 +541,22 @@ impl RemoteTier {
     }
 
     /// The verified payload of `ac/<key>`: `None` if missing, unreachable,
-    /// malformed or not signed with our secret (the last warns once).
+    /// malformed or not signed by a trusted key (the last warns once).
     pub fn get_ac(&self, key: &str) -> Option<Vec<u8>> {
         let inner = &self.inner;
-        inner.secret.as_ref()?;
+        if !inner.keys.can_verify() {
+            return None;
+        }
         let bytes = inner.get("ac", key, MAX_DOC_BYTES).ok()?;
-        let verified = serde_json::from_slice::<SignedDoc>(&bytes).ok().filter(|d| d.version == DOC_VERSION).and_then(|doc| {
-            let mac = inner.mac(key, doc.payload.as_bytes())?;
-            let given = unhex(&doc.mac)?;
-            mac.verify_slice(&given).ok()?;
-            Some(doc.payload.into_bytes())
-        });
+        let verified = inner.verify(key, &bytes);
         if verified.is_none() && !inner.bad_mac_warned.swap(true, Ordering::SeqCst) {
+            let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["key"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "none".into());
             inner.warn(format!(
-                "remote cache: ignored action entry {key}: not signed with this KRAFT_CACHE_SECRET (forged, corrupt, or another secret)"
+                "remote cache: ignored action entry {key}: not signed by a trusted key (key id `{id}`: forged, corrupt, \
+                 or a key missing from KRAFT_CACHE_TRUSTED_KEYS); rebuilding locally"
             ));
         }
         verified
@@ -647,13 +678,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
-}
-
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -665,24 +689,27 @@ mod tests {
     #[test]
     fn precedence_and_off() {
         // Only the pure parts: the env level is exercised by the CLI tests.
-        assert!(RemoteCache::from_config(None, Some(b"s")).is_none());
-        assert!(RemoteCache::from_config(Some("  "), Some(b"s")).is_none());
-        let c = RemoteCache::from_config(Some("http://h:1/"), None).unwrap();
+        assert!(RemoteCache::from_config(None, CacheKeys::none()).is_none());
+        assert!(RemoteCache::from_config(Some("  "), CacheKeys::none()).is_none());
+        let c = RemoteCache::from_config(Some("http://h:1/"), CacheKeys::none()).unwrap();
         assert_eq!(c.url(), "http://h:1");
-        assert!(!c.has_secret());
+        assert!(!c.can_sign() && !c.can_verify());
     }
 
     #[test]
-    fn mac_binds_key_and_payload() {
-        let cache = RemoteCache::from_config(Some("http://127.0.0.1:9"), Some(b"secret")).unwrap().read_only(true);
+    fn signature_binds_key_id_action_key_and_payload() {
+        let keys = CacheKeys::none().signing("ci", [7u8; 32]);
+        let cache = RemoteCache::from_config(Some("http://127.0.0.1:9"), keys).unwrap().read_only(true);
         let tier = cache.start();
         let doc = tier.inner.sign("k1", b"{\"x\":1}".to_vec()).unwrap();
-        let parsed: SignedDoc = serde_json::from_slice(&doc).unwrap();
-        let ok = tier.inner.mac("k1", parsed.payload.as_bytes()).unwrap();
-        assert!(ok.verify_slice(&unhex(&parsed.mac).unwrap()).is_ok());
-        let other_key = tier.inner.mac("k2", parsed.payload.as_bytes()).unwrap();
-        assert!(other_key.verify_slice(&unhex(&parsed.mac).unwrap()).is_err());
-        assert_eq!(unhex("0aff"), Some(vec![10, 255]));
-        assert_eq!(unhex("0g"), None);
+        assert_eq!(tier.inner.verify("k1", &doc).as_deref(), Some(&b"{\"x\":1}"[..]));
+        assert_eq!(tier.inner.verify("k2", &doc), None, "replayed under another action key");
+        let mut parsed: serde_json::Value = serde_json::from_slice(&doc).unwrap();
+        parsed["payload"] = "{\"x\":2}".into();
+        assert_eq!(tier.inner.verify("k1", parsed.to_string().as_bytes()), None, "tampered payload");
+        // The same signature under another trusted key's id does not verify.
+        let other = CacheKeys::none().signing("ci", [8u8; 32]);
+        let reader = RemoteCache::from_config(Some("http://127.0.0.1:9"), other).unwrap().read_only(true).start();
+        assert_eq!(reader.inner.verify("k1", &doc), None, "signed by a key this client does not trust");
     }
 }

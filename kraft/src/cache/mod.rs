@@ -1,5 +1,7 @@
-//! Action caches: the local one in the store and the shared one a team
-//! reads over the network.
+//! Action caches: the local one in the store ([`local`]) and the shared one
+//! a team reads over the network ([`http`]), whose entries CI signs and
+//! clients verify ([`signing`]).
 
 pub mod http;
 pub mod local;
+pub mod signing;

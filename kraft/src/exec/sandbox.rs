@@ -16,12 +16,17 @@
 //!
 //! # Backends
 //!
-//! * `bwrap` (default when `bwrap` is installed and user namespaces work):
-//!   `bwrap --unshare-all --die-with-parent --clearenv`, a tmpfs root holding
+//! * `bwrap` (the default, and required): `bwrap --unshare-all
+//!   --die-with-parent --new-session --clearenv`, a tmpfs root holding
 //!   read-only `/usr`, `/bin`, `/lib*`, `/sbin`, `/etc`, a private tmpfs
-//!   `/tmp`, minimal `/dev` and `/proc`, and the mounts above. No network,
-//!   no host `$HOME`, no host `/tmp`.
-//! * `none` (`KRAFT_SANDBOX=none`, or bwrap missing/unusable): commands run
+//!   `/tmp`, minimal `/dev` and `/proc`, and the mounts above, with the root
+//!   remounted read-only (only the build dir and `/tmp` take writes). No network
+//!   (a network namespace of its own), no host `$HOME`, no host `/tmp`, no
+//!   controlling terminal (`--new-session`: a build command cannot push
+//!   keystrokes into the user's terminal with `TIOCSTI`). When bwrap is
+//!   missing or unusable the build stops and says how to install it; there
+//!   is no silent fallback.
+//! * `none`, only when asked for with `KRAFT_SANDBOX=none`: commands run
 //!   directly on the host, with the same cleared environment. Inside paths
 //!   are *textually rewritten* to host paths in the script and the working
 //!   directory ([`Sandbox::rewrite_to_host`]); callers that read what the
@@ -30,7 +35,11 @@
 //!   process: outputs are not hermetic (the host's `/tmp`, network and file
 //!   system are visible) and objects embed host paths (debug info,
 //!   `__FILE__`), so they are only reproducible on the same layout.
-//!   `KRAFT_SANDBOX=bwrap` makes a missing/unusable bwrap a hard error.
+//!
+//! The backend is part of every key: the plan key has a `backend` field and
+//! every action key's `env` field says whether it was built hermetically
+//! (`exec::fingerprint::env_hash`), so results built unsandboxed never
+//! satisfy a sandboxed build, locally or through the shared cache.
 //!
 //! # Environment
 //!
@@ -91,29 +100,23 @@ pub const BASE_ENV: [(&str, &str); 4] =
     [("PATH", "/usr/bin:/bin"), ("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", "/nonexistent")];
 
 impl Sandbox {
-    /// Chooses the backend from `KRAFT_SANDBOX` (`bwrap` | `none`), defaulting
-    /// to bwrap when it works and `none` (with a warning) otherwise.
+    /// Chooses the backend from `KRAFT_SANDBOX`: `bwrap` (the default) must
+    /// work; `none` is the only way to run unconfined.
     pub fn new(mounts: Vec<Mount>, env: Vec<(String, String)>) -> Result<Sandbox> {
         let backend = match crate::config::Config::get().sandbox.as_deref() {
             Some("none") => Backend::None,
-            Some("bwrap") => {
+            None | Some("") | Some("bwrap") => {
                 if let Err(why) = bwrap_usable() {
                     bail!(
-                        "KRAFT_SANDBOX=bwrap but bubblewrap is unusable: {why}\n  \
-                         help: install bubblewrap (`apt-get install bubblewrap`) and allow \
-                         unprivileged user namespaces, or set KRAFT_SANDBOX=none"
+                        "bubblewrap is required to run build commands, and it is unusable: {why}\n  \
+                         help: install bubblewrap (`apt-get install bubblewrap`, or `bash .ci/setup`) and allow \
+                         unprivileged user namespaces; to build without any sandbox (outputs not hermetic, \
+                         cached apart from sandboxed ones) set KRAFT_SANDBOX=none explicitly"
                     );
                 }
                 Backend::Bwrap
             }
-            None | Some("") => {
-                if bwrap_usable().is_ok() {
-                    Backend::Bwrap
-                } else {
-                    Backend::None
-                }
-            }
-            Some(other) => bail!("KRAFT_SANDBOX={other}: expected `bwrap` or `none`"),
+            Some(other) => bail!("KRAFT_SANDBOX={other}: expected `bwrap` or `none`\n  help: unset it to use bubblewrap"),
         };
         Sandbox::with_backend(mounts, env, backend)
     }
@@ -171,7 +174,7 @@ impl Sandbox {
         match self.backend {
             Backend::Bwrap => {
                 cmd = Command::new("bwrap");
-                cmd.args(["--unshare-all", "--die-with-parent", "--clearenv"]);
+                cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]);
                 for (k, v) in self.full_env() {
                     cmd.arg("--setenv").arg(k).arg(v);
                 }
@@ -198,6 +201,10 @@ impl Sandbox {
                     cmd.arg(if m.writable { "--bind" } else { "--ro-bind" });
                     cmd.arg(&m.host).arg(&m.inside);
                 }
+                // The tmpfs root itself (where bwrap made `/kraft`) read-only
+                // too: the build dir and the private /tmp are all that can
+                // be written.
+                cmd.args(["--remount-ro", "/"]);
                 cmd.arg("--chdir").arg(cwd);
                 cmd.args(["bash", "-c", script]);
             }
@@ -322,8 +329,8 @@ fn warn_unsandboxed() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         eprintln!(
-            "warning: build commands run without a sandbox (KRAFT_SANDBOX=none or bwrap unusable): \
-             outputs are not hermetic; paths are normalized by text replacement"
+            "warning: build commands run without a sandbox (KRAFT_SANDBOX=none): \
+             outputs are not hermetic and are cached apart from sandboxed ones; paths are normalized by text replacement"
         );
     });
 }
@@ -335,10 +342,10 @@ pub fn bwrap_usable() -> std::result::Result<(), String> {
     CHECK
         .get_or_init(|| {
             let out = Command::new("bwrap")
-                .args(["--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"])
+                .args(["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "true"])
                 .stdin(Stdio::null())
                 .output()
-                .map_err(|e| format!("cannot run bwrap: {e}"))?;
+                .map_err(|e| format!("cannot run `bwrap`: {e}"))?;
             if out.status.success() {
                 Ok(())
             } else {
@@ -381,6 +388,8 @@ mod tests {
     fn environment_is_fixed_and_writes_land_in_build() {
         for backend in [Backend::Bwrap, Backend::None] {
             if backend == Backend::Bwrap && bwrap_usable().is_err() {
+                // A missing tool skips a test only off CI.
+                assert!(!crate::config::Config::get().ci, "bwrap is required under CI: {:?}", bwrap_usable());
                 continue;
             }
             let (_d, sb) = sb(backend);

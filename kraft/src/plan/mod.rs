@@ -1077,7 +1077,7 @@ fn unit_of(
     let comps: Vec<&str> = rel.components().map(|c| c.as_str()).collect();
     let lib = if comps.len() > 1 {
         comps[0].to_string()
-    } else if let Some(stem) = comps[0].strip_suffix(".ld.o").or_else(|| comps[0].strip_suffix(".o")) {
+    } else if let Some(stem) = comps.first().and_then(|c| c.strip_suffix(".ld.o").or_else(|| c.strip_suffix(".o"))) {
         stem.to_string()
     } else {
         return fallback.into();

@@ -7,14 +7,30 @@
 //! no `.gitattributes` rule (export-ignore, export-subst, eol conversion)
 //! changes a byte: the exported tree is exactly the commit's tree, which is
 //! what Nix's `fetchGit` hashes too.
+//!
+//! Upstreams are not trusted: every call that takes a URL or a ref passes
+//! `-c transfer.fsckObjects=true` (malformed objects are refused on fetch)
+//! and `--end-of-options` (a URL or ref starting with `-` cannot become an
+//! option), and an export writes only inside its destination: paths with
+//! `..`, absolute paths, `.git` components and duplicates are refused,
+//! nothing is written through a symlink, and a symlink may not point out of
+//! the tree (the checks of `util::tree_path`, shared with archives).
 
+use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::diag::Diagnostic;
+use crate::util::tree_path;
+
+/// Options for every call that reads from an upstream: refuse malformed
+/// objects instead of storing them.
+const FSCK: [&str; 2] = ["-c", "transfer.fsckObjects=true"];
 
 /// A `git` command with an environment that cannot be redirected by the
 /// caller's (`GIT_DIR` and friends) and never prompts for credentials.
@@ -40,7 +56,7 @@ fn run(args: &[&str]) -> anyhow::Result<String> {
 
 /// `git ls-remote`: every ref of a repository, peeled tags as `refs/tags/X^{}`.
 pub fn ls_remote(location: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let out = run(&["-c", "protocol.file.allow=always", "ls-remote", location]).map_err(|err| {
+    let out = run(&[FSCK[0], FSCK[1], "-c", "protocol.file.allow=always", "ls-remote", "--end-of-options", location]).map_err(|err| {
         Diagnostic::new(format!("cannot list the refs of {location}: {err:#}"))
             .help("check the URL, or serve it from a mirror with KRAFT_MIRRORS='UPSTREAM_PREFIX=REPLACEMENT'")
     })?;
@@ -92,6 +108,8 @@ impl CacheRepo {
     /// Fetch every branch and tag from `location` (a URL or local path).
     pub fn fetch(&self, location: &str) -> anyhow::Result<()> {
         let args = self.git_dir_args(&[
+            FSCK[0],
+            FSCK[1],
             "-c",
             "protocol.file.allow=always",
             "fetch",
@@ -99,6 +117,7 @@ impl CacheRepo {
             "--force",
             "--prune",
             "--no-write-fetch-head",
+            "--end-of-options",
             location,
             "+refs/heads/*:refs/heads/*",
             "+refs/tags/*:refs/tags/*",
@@ -119,7 +138,7 @@ impl CacheRepo {
     /// The commit a revision names, if this repository has it.
     pub fn rev_parse(&self, rev: &str) -> Option<String> {
         let spec = format!("{rev}^{{commit}}");
-        run(&self.git_dir_args(&["rev-parse", "--verify", "--quiet", &spec])).ok().filter(|s| s.len() == 40)
+        run(&self.git_dir_args(&["rev-parse", "--verify", "--quiet", "--end-of-options", &spec])).ok().filter(|s| s.len() == 40)
     }
 
     pub fn has_commit(&self, commit: &str) -> bool {
@@ -128,32 +147,24 @@ impl CacheRepo {
 
     /// Committer time, seconds since the epoch.
     pub fn commit_time(&self, commit: &str) -> anyhow::Result<i64> {
-        let out = run(&self.git_dir_args(&["show", "-s", "--format=%ct", commit]))?;
+        let out = run(&self.git_dir_args(&["show", "-s", "--format=%ct", "--end-of-options", commit]))?;
         out.trim().parse().with_context(|| format!("commit time of {commit}: {out:?}"))
     }
 
     /// Write the tree of `commit` into the empty directory `dest`.
     /// Submodules (gitlinks) are left out; Unikraft components have none.
+    /// Every entry is checked before it is written (see the module docs).
     pub fn export(&self, commit: &str, dest: &Utf8Path) -> anyhow::Result<()> {
-        let listing = git(&self.git_dir_args(&["ls-tree", "-r", "-z", "--full-tree", commit]))
+        let listing = git(&self.git_dir_args(&["ls-tree", "-r", "-z", "--full-tree", "--end-of-options", commit]))
             .stdout_capture()
             .stderr_capture()
+            .unchecked()
             .run()
-            .with_context(|| format!("listing the tree of {commit} in {}", self.path))?;
-        let mut entries = Vec::new();
-        for record in listing.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-            let record = std::str::from_utf8(record).context("non-UTF-8 path in git tree")?;
-            let (meta, path) = record.split_once('\t').context("malformed ls-tree line")?;
-            let mut fields = meta.split(' ');
-            let (mode, kind, oid) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-            if kind != "blob" {
-                continue; // gitlink
-            }
-            if path.split('/').any(|c| c == ".." || c == "." || c.is_empty()) || path.starts_with('/') {
-                bail!("refusing to export {commit}: hostile path {path:?} in its tree");
-            }
-            entries.push((mode.to_string(), oid.to_string(), path.to_string()));
+            .with_context(|| format!("running git ls-tree on {commit} in {}", self.path))?;
+        if !listing.status.success() {
+            bail!("listing the tree of {commit} in {}: {}", self.path, String::from_utf8_lossy(&listing.stderr).trim());
         }
+        let entries = tree_entries(&listing.stdout, commit)?;
 
         let mut child = Command::new("git")
             .args(["--git-dir", self.path.as_str(), "cat-file", "--batch"])
@@ -163,49 +174,125 @@ impl CacheRepo {
             .stderr(Stdio::inherit())
             .spawn()
             .context("running git cat-file")?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let oids: Vec<u8> = entries.iter().flat_map(|(_, oid, _)| format!("{oid}\n").into_bytes()).collect();
+        let mut stdin = child.stdin.take().context("git cat-file: no stdin")?;
+        let oids: Vec<u8> = entries.iter().flat_map(|e| format!("{}\n", e.oid).into_bytes()).collect();
         let writer = std::thread::spawn(move || stdin.write_all(&oids));
-        let mut reader = BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped stdout"));
+        let mut reader = BufReader::with_capacity(1 << 20, child.stdout.take().context("git cat-file: no stdout")?);
         let mut header = String::new();
-        for (mode, oid, path) in &entries {
-            header.clear();
-            reader.read_line(&mut header)?;
-            let size: usize = header
-                .trim_end()
-                .rsplit(' ')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("git cat-file: unexpected header {header:?} for {oid}"))?;
-            let mut content = vec![0u8; size];
-            reader.read_exact(&mut content)?;
-            let mut newline = [0u8; 1];
-            reader.read_exact(&mut newline)?;
-            let target = dest.join(path);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
+        let result = (|| -> anyhow::Result<()> {
+            for entry in &entries {
+                header.clear();
+                reader.read_line(&mut header).context("reading git cat-file output")?;
+                let size: usize = header
+                    .trim_end()
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .with_context(|| format!("git cat-file: unexpected header {header:?} for {}", entry.oid))?;
+                let mut content = vec![0u8; size];
+                reader.read_exact(&mut content).context("reading git cat-file output")?;
+                let mut newline = [0u8; 1];
+                reader.read_exact(&mut newline).context("reading git cat-file output")?;
+                write_entry(dest, entry, content, commit)?;
             }
-            match mode.as_str() {
-                "120000" => {
-                    let link = String::from_utf8(content).context("non-UTF-8 symlink target")?;
-                    std::os::unix::fs::symlink(&link, &target)?;
-                }
-                _ => {
-                    std::fs::write(&target, &content)?;
-                    if mode == "100755" {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
-                    }
-                }
-            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = child.kill();
         }
-        writer.join().expect("writer thread").context("feeding git cat-file")?;
-        let status = child.wait()?;
+        let fed = writer.join();
+        let status = child.wait().context("waiting for git cat-file")?;
+        result?;
+        match fed {
+            Ok(r) => r.context("feeding git cat-file")?,
+            Err(_) => bail!("feeding git cat-file: the writer thread panicked"),
+        }
         if !status.success() {
             bail!("git cat-file failed while exporting {commit}");
         }
         Ok(())
     }
+}
+
+/// One blob of a tree listing, checked.
+struct TreeEntry {
+    mode: String,
+    oid: String,
+    path: String,
+}
+
+fn refuse(commit: &str, path: &str, why: impl std::fmt::Display) -> anyhow::Error {
+    Diagnostic::new(format!("refusing to export commit {commit}: its tree entry `{}` {why}", path.escape_debug()))
+        .help("the repository is malformed or hostile; check where it came from (URL, mirror, commit) before trusting it")
+        .into()
+}
+
+/// Parse `ls-tree -r -z` output, refusing paths that could write outside the
+/// destination and duplicates (which a crafted tree object can hold).
+fn tree_entries(listing: &[u8], commit: &str) -> anyhow::Result<Vec<TreeEntry>> {
+    let mut entries = Vec::new();
+    let mut seen = HashSet::new();
+    for record in listing.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let record = std::str::from_utf8(record).with_context(|| format!("exporting {commit}: a non-UTF-8 path in its tree"))?;
+        let (meta, path) = record.split_once('\t').with_context(|| format!("exporting {commit}: malformed ls-tree line {record:?}"))?;
+        let mut fields = meta.split(' ');
+        let (mode, kind, oid) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        if kind != "blob" {
+            continue; // gitlink
+        }
+        if path.split('/').any(|c| c == "." || c.is_empty()) {
+            return Err(refuse(commit, path, "has an empty or `.` component"));
+        }
+        let components = tree_path::normal_components(path.as_bytes()).map_err(|why| refuse(commit, path, why))?;
+        if components.iter().any(|c| tree_path::is_git_dir(c)) {
+            return Err(refuse(commit, path, tree_path::PathProblem::GitDir));
+        }
+        if !seen.insert(path.to_string()) {
+            return Err(refuse(commit, path, "appears twice"));
+        }
+        if !matches!(mode, "100644" | "100755" | "120000") {
+            return Err(refuse(commit, path, format_args!("has the unsupported mode {mode}")));
+        }
+        entries.push(TreeEntry { mode: mode.to_string(), oid: oid.to_string(), path: path.to_string() });
+    }
+    Ok(entries)
+}
+
+/// Write one checked entry below `dest`: never through a symlink written
+/// earlier, never over something that exists (`create_new` does not follow
+/// a symlink at the last component), symlinks only to targets inside.
+fn write_entry(dest: &Utf8Path, entry: &TreeEntry, content: Vec<u8>, commit: &str) -> anyhow::Result<()> {
+    let components: Vec<&OsStr> = entry.path.split('/').map(OsStr::new).collect();
+    let target = tree_path::no_symlink_on_path(dest.as_std_path(), &components, true).map_err(|why| refuse(commit, &entry.path, why))?;
+    if std::fs::symlink_metadata(&target).is_ok() {
+        return Err(refuse(commit, &entry.path, "would replace something written earlier"));
+    }
+    let write_err = |op: &str| format!("exporting {commit}: {op} {}", target.display());
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).with_context(|| write_err("creating the parent of"))?;
+    }
+    match entry.mode.as_str() {
+        "120000" => {
+            tree_path::check_symlink_target(&content, components.len() - 1).map_err(|why| {
+                refuse(commit, &entry.path, format_args!("is a symlink to `{}`, which {why}", String::from_utf8_lossy(&content)))
+            })?;
+            std::os::unix::fs::symlink(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&content), &target)
+                .with_context(|| write_err("creating the symlink"))?;
+        }
+        mode => {
+            let perm = if mode == "100755" { 0o755 } else { 0o644 };
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(perm)
+                .open(&target)
+                .with_context(|| write_err("creating"))?;
+            file.write_all(&content).with_context(|| write_err("writing"))?;
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(perm)).with_context(|| write_err("setting the mode of"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

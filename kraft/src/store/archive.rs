@@ -31,13 +31,14 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
 use tar::EntryType;
 
 use crate::diag::Diagnostic;
+use crate::util::tree_path::{self, check_symlink_target};
 
 /// Unpack a gzip-compressed tarball into `dest` (an existing directory,
 /// normally a fresh staging directory). See the module docs for what is
@@ -91,59 +92,19 @@ fn refuse(archive: &str, entry: &[u8], why: impl std::fmt::Display) -> anyhow::E
     .into()
 }
 
-/// Turn an archive path into a list of normal components: no root, no `..`.
-/// `.` components are dropped. An empty result is the archive root itself.
+/// Turn an archive path into a list of normal components: no root, no `..`
+/// (the checks live in `util::tree_path`, shared with git exports).
 fn archive_components<'a>(raw: &'a [u8], archive: &str, what: &str) -> anyhow::Result<Vec<&'a OsStr>> {
-    let path = Path::new(OsStr::from_bytes(raw));
-    let mut out = Vec::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(c) => out.push(c),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(refuse(archive, raw, format_args!("has a `..` component in its {what}"))),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(refuse(archive, raw, format_args!("has an absolute {what}")))
-            }
-        }
-    }
-    Ok(out)
+    tree_path::normal_components(raw).map_err(|why| match why {
+        tree_path::PathProblem::Absolute => refuse(archive, raw, format_args!("has an absolute {what}")),
+        why => refuse(archive, raw, format_args!("{why} in its {what}")),
+    })
 }
 
 /// Check that no prefix of `components` (the parents, and the entry itself
 /// when `include_last`) is a symlink under `dest`. Returns the full path.
-fn no_symlink_on_path(
-    dest: &Path,
-    components: &[&OsStr],
-    include_last: bool,
-    archive: &str,
-    raw: &[u8],
-) -> anyhow::Result<PathBuf> {
-    let mut path = dest.to_path_buf();
-    let n = components.len();
-    for (i, c) in components.iter().enumerate() {
-        path.push(c);
-        if i + 1 == n && !include_last {
-            break;
-        }
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(refuse(archive, raw, "would be written through a symlink unpacked earlier"))
-            }
-            Ok(m) if i + 1 < n && !m.is_dir() => {
-                return Err(refuse(archive, raw, "has a parent that is not a directory"))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Nothing further down can exist either.
-                for rest in &components[i + 1..] {
-                    path.push(rest);
-                }
-                return Ok(path);
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("checking {}", path.display()))),
-        }
-    }
-    Ok(path)
+fn no_symlink_on_path(dest: &Path, components: &[&OsStr], include_last: bool, archive: &str, raw: &[u8]) -> anyhow::Result<PathBuf> {
+    tree_path::no_symlink_on_path(dest, components, include_last).map_err(|why| refuse(archive, raw, why))
 }
 
 fn create_parents(dest: &Path, components: &[&OsStr]) -> io::Result<()> {
@@ -262,31 +223,6 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path, archive: &s
             to.set_permissions(fs::Permissions::from_mode(mode)).map_err(write_err)?;
         }
         _ => unreachable!(),
-    }
-    Ok(())
-}
-
-/// Why a symlink target, for a link `depth` directories below the root,
-/// would leave the tree (or be unverifiable); `Ok` when it stays inside.
-fn check_symlink_target(target: &[u8], depth: usize) -> Result<(), &'static str> {
-    if target.is_empty() {
-        return Err("is empty");
-    }
-    let mut ups = 0usize;
-    let mut seen_normal = false;
-    for component in Path::new(OsStr::from_bytes(target)).components() {
-        match component {
-            Component::RootDir | Component::Prefix(_) => return Err("is absolute"),
-            Component::CurDir => {}
-            Component::ParentDir if seen_normal => return Err("has `..` after a normal component"),
-            Component::ParentDir => {
-                ups += 1;
-                if ups > depth {
-                    return Err("leaves the tree");
-                }
-            }
-            Component::Normal(_) => seen_normal = true,
-        }
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cache stats|verify|gc`: look after the store.
+//! `cache stats|verify|gc|keygen`: look after the store; make shared-cache keys.
 
 use camino::Utf8PathBuf;
 
@@ -30,7 +30,18 @@ pub fn run(session: &Session, command: &CacheCommand) -> anyhow::Result<()> {
             Ok(())
         }
         CacheCommand::Gc(args) => gc(session, args),
+        CacheCommand::Keygen(args) => keygen(args.id.as_deref()),
     }
+}
+
+/// `cache keygen`: a new key pair on stdout, each line ready for its variable.
+fn keygen(id: Option<&str>) -> anyhow::Result<()> {
+    let (private, public) = kraft::cache::signing::generate(id)?;
+    println!("# CI only, keep it secret: the value below, or a file holding the value");
+    println!("KRAFT_CACHE_SIGNING_KEY={private}");
+    println!("# every client (add beside older keys to rotate): KRAFT_CACHE_TRUSTED_KEYS");
+    println!("KRAFT_CACHE_TRUSTED_KEYS={public}");
+    Ok(())
 }
 
 /// `cache gc`: keep the sources of every kraft.lock under the apps directory

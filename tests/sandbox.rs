@@ -1,0 +1,223 @@
+//! The sandbox, from the inside: build commands run in bubblewrap with no
+//! network, with only the build directory writable and every `/kraft`
+//! source read-only; and without bubblewrap a build stops instead of
+//! silently running on the host, unless `KRAFT_SANDBOX=none` says so.
+//!
+//! A missing bwrap skips these tests on a developer machine (with a note)
+//! and fails them under `CI=true`.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::TcpListener;
+
+use camino::{Utf8Path, Utf8PathBuf};
+use kraft::exec::sandbox::{bwrap_usable, Backend, Mount, Sandbox};
+use support::*;
+
+/// Whether bwrap can be used; off CI a missing bwrap skips the caller.
+fn bwrap_or_skip(test: &str) -> bool {
+    match bwrap_usable() {
+        Ok(()) => true,
+        Err(why) => {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(!ci, "{test}: bubblewrap is required under CI=true: {why}");
+            eprintln!("{test}: skipped, bubblewrap is unusable: {why}");
+            false
+        }
+    }
+}
+
+/// A sandbox with a core, a library and an app (read-only) and a build dir
+/// (read-write), each holding a marker file.
+struct World {
+    _tmp: tempfile::TempDir,
+    root: Utf8PathBuf,
+    sandbox: Sandbox,
+}
+
+impl World {
+    fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = utf8(tmp.path());
+        let mut mounts = Vec::new();
+        for (dir, inside, writable) in [
+            ("core", "/kraft/unikraft", false),
+            ("lib", "/kraft/libs/greet", false),
+            ("app", "/kraft/apps/hello", false),
+            ("build", "/kraft/build", true),
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("marker"), format!("{dir}\n")).unwrap();
+            mounts.push(if writable { Mount::rw(root.join(dir), inside) } else { Mount::ro(root.join(dir), inside) });
+        }
+        let sandbox = Sandbox::with_backend(mounts, Vec::new(), Backend::Bwrap).unwrap();
+        World { _tmp: tmp, root, sandbox }
+    }
+
+    /// Run `script` in /kraft/build; (success, stdout + stderr).
+    fn run(&self, script: &str) -> (bool, String) {
+        let out = self.sandbox.run(script, Utf8Path::new("/kraft/build")).unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[test]
+fn network_is_off_inside() {
+    if !bwrap_or_skip("network_is_off_inside") {
+        return;
+    }
+    let w = World::new();
+    // A listener on the host's loopback: the sandbox's loopback is another one.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (ok, out) = w.run(&format!(
+        "if (echo hello > /dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo connected; else echo refused; fi; \
+         tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"
+    ));
+    assert!(ok, "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("refused"), "{out}");
+    let interfaces: Vec<&str> = lines.collect();
+    assert_eq!(interfaces, ["lo"], "only a loopback of its own: {out}");
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("the host listener was reached from the sandbox: {other:?}"),
+    }
+    let (ok, out) = w.run("getent hosts example.com || echo no-resolution");
+    assert!(ok && out.contains("no-resolution"), "{out}");
+}
+
+#[test]
+fn only_the_build_dir_is_writable() {
+    if !bwrap_or_skip("only_the_build_dir_is_writable") {
+        return;
+    }
+    let w = World::new();
+    let (ok, out) = w.run("echo built > /kraft/build/out.o");
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read_to_string(w.root.join("build/out.o")).unwrap(), "built\n");
+    for target in ["/kraft/unikraft/x", "/kraft/libs/greet/x", "/kraft/apps/hello/x", "/usr/x", "/etc/x", "/kraft/x"] {
+        let (ok, out) = w.run(&format!("echo evil > {target}"));
+        assert!(!ok, "{target} was writable: {out}");
+    }
+    // Paths of the host are not there at all, and /tmp is private.
+    let host_root = w.root.clone();
+    let (ok, _) = w.run(&format!("ls {host_root}"));
+    assert!(!ok, "the host path {host_root} is visible inside");
+    let probe = format!("kraft-sandbox-probe-{}", std::process::id());
+    let (ok, out) = w.run(&format!("echo x > /tmp/{probe}"));
+    assert!(ok, "{out}");
+    assert!(!Utf8Path::new("/tmp").join(&probe).exists(), "/tmp inside is the host's /tmp");
+    let written: Vec<String> = walkdir::WalkDir::new(&w.root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(w.root.as_std_path()).unwrap().display().to_string())
+        .collect();
+    let mut written = written;
+    written.sort();
+    assert_eq!(written, ["app/marker", "build/marker", "build/out.o", "core/marker", "lib/marker"]);
+}
+
+#[test]
+fn kraft_sources_are_read_only() {
+    if !bwrap_or_skip("kraft_sources_are_read_only") {
+        return;
+    }
+    let w = World::new();
+    for (dir, inside) in [("core", "/kraft/unikraft"), ("lib", "/kraft/libs/greet"), ("app", "/kraft/apps/hello")] {
+        for script in [
+            format!("echo evil >> {inside}/marker"),
+            format!("rm -f {inside}/marker"),
+            format!("chmod 777 {inside}/marker"),
+            format!("mv {inside}/marker {inside}/moved"),
+            format!("mkdir {inside}/sub"),
+        ] {
+            let (ok, out) = w.run(&script);
+            assert!(!ok, "`{script}` succeeded: {out}");
+        }
+        assert_eq!(std::fs::read_to_string(w.root.join(dir).join("marker")).unwrap(), format!("{dir}\n"));
+        let (ok, out) = w.run(&format!("cat {inside}/marker"));
+        assert!(ok && out == format!("{dir}\n"), "{out}");
+    }
+}
+
+#[test]
+fn no_controlling_terminal_inside() {
+    if !bwrap_or_skip("no_controlling_terminal_inside") {
+        return;
+    }
+    let w = World::new();
+    // --new-session: the command is a session leader without a terminal.
+    let (_, out) = w.run("if (exec 3</dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi");
+    assert_eq!(out.trim(), "no-tty");
+}
+
+/// A directory holding only the host tools `xtask` itself needs (cargo for
+/// `cargo metadata`), so that `bwrap` is not on its PATH.
+fn path_without_bwrap(dir: &Utf8Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    for tool in ["cargo", "rustc", "git"] {
+        let found = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| Utf8Path::new(d).join(tool))
+            .find(|p| p.is_file());
+        if let Some(found) = found {
+            std::os::unix::fs::symlink(found, dir.join(tool)).unwrap();
+        }
+    }
+    dir.to_string()
+}
+
+#[test]
+fn without_bwrap_a_build_stops_unless_sandbox_none_is_explicit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = utf8(tmp.path());
+    let ws = root.join("ws");
+    make_workspace(&ws);
+    write_greet_recipe(&ws);
+    for dir in ["core", "lib-greet", "app-hello"] {
+        copy_dir(&fixtures().join(dir), &ws.join("apps").join(dir));
+    }
+    let _ = std::fs::remove_file(ws.join("apps/app-hello/kraft.lock"));
+    let path = path_without_bwrap(&root.join("bin"));
+    let archives = fixtures().join("archives");
+    let store = root.join("store");
+    let env = |extra: &[(&'static str, &'static str)]| {
+        let mut v: Vec<(&str, String)> = vec![("PATH", path.clone()), ("KRAFT_ARCHIVE_DIR", archives.to_string())];
+        v.extend(extra.iter().map(|(k, val)| (*k, val.to_string())));
+        v
+    };
+    let run = |extra: &[(&'static str, &'static str)]| {
+        let e = env(extra);
+        let envs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        xtask(&ws, &store, &envs, &["build", "app-hello"])
+    };
+
+    let refused = run(&[]);
+    assert_fails_with(&refused, "bubblewrap is required");
+    assert!(stderr(&refused).contains("KRAFT_SANDBOX=none"), "{}", stderr(&refused));
+    assert!(!ws.join("target/kraft/app-hello").join("qemu-x86_64").exists() || !stderr(&refused).contains("built"));
+
+    let explicit = run(&[("KRAFT_SANDBOX", "none")]);
+    assert_ok(&explicit);
+    assert!(stderr(&explicit).contains("without a sandbox"), "{}", stderr(&explicit));
+
+    // The same app and store, sandboxed: nothing built unconfined is reused
+    // (the backend is in the plan key and every action key).
+    if !bwrap_or_skip("without_bwrap_a_build_stops_unless_sandbox_none_is_explicit") {
+        return;
+    }
+    let sandboxed = xtask(&ws, &store, &[("KRAFT_ARCHIVE_DIR", archives.as_str())], &["--message-format", "json", "build", "app-hello"]);
+    assert_ok(&sandboxed);
+    let target: serde_json::Value = String::from_utf8_lossy(&sandboxed.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["reason"] == "target-finished")
+        .expect("a target-finished event");
+    assert_eq!(target["run"], target["actions"], "sandboxed build reused unsandboxed results: {target}");
+    assert_eq!(target["make_runs"], 3, "the plan made unsandboxed was reused: {target}");
+}
