@@ -250,7 +250,9 @@ fn tree_entries(listing: &[u8], commit: &str) -> anyhow::Result<Vec<TreeEntry>> 
         if !seen.insert(path.to_string()) {
             return Err(refuse(commit, path, "appears twice"));
         }
-        if !matches!(mode, "100644" | "100755" | "120000") {
+        // Regular files (old repositories also hold 100664 and the like, which
+        // git reads as 100644) and symlinks; anything else is not a blob mode.
+        if !(mode.starts_with("100") || mode == "120000") {
             return Err(refuse(commit, path, format_args!("has the unsupported mode {mode}")));
         }
         entries.push(TreeEntry { mode: mode.to_string(), oid: oid.to_string(), path: path.to_string() });
