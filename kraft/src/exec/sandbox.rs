@@ -183,7 +183,7 @@ impl Sandbox {
                     let p = std::path::Path::new(dir);
                     match std::fs::symlink_metadata(p) {
                         Ok(md) if md.file_type().is_symlink() => {
-                            let target = std::fs::read_link(p)?;
+                            let target = std::fs::read_link(p).with_context(|| format!("reading the symlink {dir}"))?;
                             cmd.arg("--symlink").arg(target).arg(dir);
                         }
                         Ok(md) if md.is_dir() => {
