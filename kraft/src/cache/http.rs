@@ -87,7 +87,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -98,6 +97,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::signing::CacheKeys;
+use crate::util::hash::{hex, is_hex64 as is_sha256};
+
+mod transport;
 
 /// Version of the signed `ac/` document.
 const DOC_VERSION: u32 = 2;
@@ -374,88 +376,8 @@ impl Inner {
         self.warnings.lock().unwrap().push(message);
     }
 
-    fn enabled(&self) -> bool {
+    pub(super) fn enabled(&self) -> bool {
         !self.disabled.load(Ordering::Relaxed)
-    }
-
-    /// The first failure of the build: one warning, then the tier is off.
-    fn fail(&self, what: &str, error: &str) {
-        if !self.disabled.swap(true, Ordering::SeqCst) {
-            self.warn(format!(
-                "remote cache {} unavailable ({what}: {error}); using the local cache only for the rest of this build",
-                self.base
-            ));
-        }
-    }
-
-    fn url(&self, kind: &str, name: &str) -> String {
-        format!("{}/{kind}/{name}", self.base)
-    }
-
-    fn get(&self, kind: &str, name: &str, limit: u64) -> Result<Vec<u8>, Fetch> {
-        if !self.enabled() {
-            return Err(Fetch::Failed);
-        }
-        let url = self.url(kind, name);
-        match self.agent.get(&url).call() {
-            Ok(mut response) => match response.status().as_u16() {
-                200 => match response.body_mut().with_config().limit(limit).read_to_vec() {
-                    Ok(bytes) => Ok(bytes),
-                    Err(ureq::Error::BodyExceedsLimit(_)) => Err(Fetch::TooBig),
-                    Err(e) => {
-                        self.fail(&format!("GET /{kind}/{name}"), &e.to_string());
-                        Err(Fetch::Failed)
-                    }
-                },
-                404 => Err(Fetch::Missing),
-                status => {
-                    self.fail(&format!("GET /{kind}/{name}"), &format!("HTTP {status}"));
-                    Err(Fetch::Failed)
-                }
-            },
-            Err(e) => {
-                self.fail(&format!("GET /{kind}/{name}"), &e.to_string());
-                Err(Fetch::Failed)
-            }
-        }
-    }
-
-    /// `Some(exists)`, or `None` after a failure.
-    fn head(&self, kind: &str, name: &str) -> Option<bool> {
-        if !self.enabled() {
-            return None;
-        }
-        match self.agent.head(&self.url(kind, name)).call() {
-            Ok(response) => match response.status().as_u16() {
-                200..=299 => Some(true),
-                404 => Some(false),
-                status => {
-                    self.fail(&format!("HEAD /{kind}/{name}"), &format!("HTTP {status}"));
-                    None
-                }
-            },
-            Err(e) => {
-                self.fail(&format!("HEAD /{kind}/{name}"), &e.to_string());
-                None
-            }
-        }
-    }
-
-    fn put(&self, kind: &str, name: &str, body: &[u8]) -> bool {
-        if !self.enabled() {
-            return false;
-        }
-        match self.agent.put(&self.url(kind, name)).send(body) {
-            Ok(response) if response.status().is_success() => true,
-            Ok(response) => {
-                self.fail(&format!("PUT /{kind}/{name}"), &format!("HTTP {}", response.status().as_u16()));
-                false
-            }
-            Err(e) => {
-                self.fail(&format!("PUT /{kind}/{name}"), &e.to_string());
-                false
-            }
-        }
     }
 
     fn upload_loop(self: Arc<Self>, rx: Receiver<Upload>) {
@@ -659,57 +581,5 @@ impl Drop for RemoteTier {
     }
 }
 
-/// SHA-256 of a file, lowercase hex.
-pub fn sha256_file(path: &camino::Utf8Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn precedence_and_off() {
-        // Only the pure parts: the env level is exercised by the CLI tests.
-        assert!(RemoteCache::from_config(None, CacheKeys::none()).is_none());
-        assert!(RemoteCache::from_config(Some("  "), CacheKeys::none()).is_none());
-        let c = RemoteCache::from_config(Some("http://h:1/"), CacheKeys::none()).unwrap();
-        assert_eq!(c.url(), "http://h:1");
-        assert!(!c.can_sign() && !c.can_verify());
-    }
-
-    #[test]
-    fn signature_binds_key_id_action_key_and_payload() {
-        let keys = CacheKeys::none().signing("ci", [7u8; 32]);
-        let cache = RemoteCache::from_config(Some("http://127.0.0.1:9"), keys).unwrap().read_only(true);
-        let tier = cache.start();
-        let doc = tier.inner.sign("k1", b"{\"x\":1}".to_vec()).unwrap();
-        assert_eq!(tier.inner.verify("k1", &doc).as_deref(), Some(&b"{\"x\":1}"[..]));
-        assert_eq!(tier.inner.verify("k2", &doc), None, "replayed under another action key");
-        let mut parsed: serde_json::Value = serde_json::from_slice(&doc).unwrap();
-        parsed["payload"] = "{\"x\":2}".into();
-        assert_eq!(tier.inner.verify("k1", parsed.to_string().as_bytes()), None, "tampered payload");
-        // The same signature under another trusted key's id does not verify.
-        let other = CacheKeys::none().signing("ci", [8u8; 32]);
-        let reader = RemoteCache::from_config(Some("http://127.0.0.1:9"), other).unwrap().read_only(true).start();
-        assert_eq!(reader.inner.verify("k1", &doc), None, "signed by a key this client does not trust");
-    }
-}
+mod tests;

@@ -195,6 +195,19 @@ mod tests {
     }
 
     #[test]
+    fn signing_key_from_a_file() {
+        let (private, public) = generate(Some("ci-file")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cache.key");
+        std::fs::write(&file, format!("{private}\n")).unwrap();
+        let (writer, problems) = CacheKeys::parse(Some(file.to_str().unwrap()), None);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (reader, _) = CacheKeys::parse(None, Some(&public));
+        let (id, sig) = writer.sign(b"m").unwrap();
+        assert!(reader.verify(&id, b"m", &sig));
+    }
+
+    #[test]
     fn bad_keys_are_reported_not_fatal() {
         let (keys, problems) = CacheKeys::parse(Some("not base64!"), Some("nokey,id:AAAA,ok:"));
         assert!(!keys.can_sign() && !keys.can_verify());

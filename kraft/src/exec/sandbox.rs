@@ -183,7 +183,7 @@ impl Sandbox {
                     let p = std::path::Path::new(dir);
                     match std::fs::symlink_metadata(p) {
                         Ok(md) if md.file_type().is_symlink() => {
-                            let target = std::fs::read_link(p)?;
+                            let target = std::fs::read_link(p).with_context(|| format!("reading the symlink {dir}"))?;
                             cmd.arg("--symlink").arg(target).arg(dir);
                         }
                         Ok(md) if md.is_dir() => {
@@ -355,6 +355,18 @@ pub fn bwrap_usable() -> std::result::Result<(), String> {
         .clone()
 }
 
+/// `path` below `dir` (`""` for `dir` itself), on whole components: `/a/bc`
+/// is not below `/a/b`. Both are normalized absolute paths.
+fn strip_dir_prefix<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
+    let dir = dir.trim_end_matches('/');
+    let rest = path.strip_prefix(dir)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/').map(|r| r.trim_start_matches('/'))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,17 +435,5 @@ mod tests {
             }
             eprintln!("{}: {:?} per spawn", sb.backend(), t.elapsed() / n);
         }
-    }
-}
-
-/// `path` below `dir` (`""` for `dir` itself), on whole components: `/a/bc`
-/// is not below `/a/b`. Both are normalized absolute paths.
-fn strip_dir_prefix<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
-    let dir = dir.trim_end_matches('/');
-    let rest = path.strip_prefix(dir)?;
-    if rest.is_empty() {
-        Some("")
-    } else {
-        rest.strip_prefix('/').map(|r| r.trim_start_matches('/'))
     }
 }

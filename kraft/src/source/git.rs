@@ -84,12 +84,15 @@ impl CacheRepo {
         let key = blake3::hash(url.as_bytes()).to_hex();
         let path = dir.join(format!("{}.git", &key[..32]));
         if !path.join("HEAD").is_file() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the git cache directory {dir}"))?;
             // Initialise next to it and rename, so a crash never leaves a half repo.
-            let staging = tempfile::Builder::new().prefix(".init-").tempdir_in(dir)?;
+            let staging = tempfile::Builder::new()
+                .prefix(".init-")
+                .tempdir_in(dir)
+                .with_context(|| format!("creating a staging directory in {dir}"))?;
             let staging_path = Utf8Path::from_path(staging.path()).context("non-UTF-8 temp path")?;
             run(&["init", "--quiet", "--bare", staging_path.as_str()])?;
-            std::fs::write(staging_path.join("kraft-url"), url)?;
+            std::fs::write(staging_path.join("kraft-url"), url).with_context(|| format!("writing {staging_path}/kraft-url"))?;
             match std::fs::rename(staging.keep(), &path) {
                 Ok(()) => {}
                 Err(_) if path.join("HEAD").is_file() => {} // another process won
@@ -250,7 +253,9 @@ fn tree_entries(listing: &[u8], commit: &str) -> anyhow::Result<Vec<TreeEntry>> 
         if !seen.insert(path.to_string()) {
             return Err(refuse(commit, path, "appears twice"));
         }
-        if !matches!(mode, "100644" | "100755" | "120000") {
+        // Regular files (old repositories also hold 100664 and the like, which
+        // git reads as 100644) and symlinks; anything else is not a blob mode.
+        if !(mode.starts_with("100") || mode == "120000") {
             return Err(refuse(commit, path, format_args!("has the unsupported mode {mode}")));
         }
         entries.push(TreeEntry { mode: mode.to_string(), oid: oid.to_string(), path: path.to_string() });

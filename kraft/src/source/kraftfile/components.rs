@@ -118,11 +118,10 @@ impl Cx<'_> {
     fn component_scalar(&mut self, c: &mut Component, v: &Node, what: &str, example: &str, library: bool) -> anyhow::Result<()> {
         let name = c.name.clone();
         match v.scalar() {
-            Some((_, Kind::Null)) => {
-                if library {
-                    self.warn(v, format!("{what} has no value; kraftkit rejects an empty library entry"), format!("write `{example}`"));
-                }
+            Some((_, Kind::Null)) if library => {
+                self.warn(v, format!("{what} has no value; kraftkit rejects an empty library entry"), format!("write `{example}`"));
             }
+            Some((_, Kind::Null)) => {}
             Some((_, Kind::Bool(true))) if library => {
                 self.warn(v, format!("{what} is `true`; kraftkit rejects a boolean library entry"), format!("write `{example}`"));
             }
