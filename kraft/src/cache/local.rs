@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exec::fingerprint::Hash;
 use crate::cache::http::{BlobUpload, RemoteTier, Upload};
-use crate::exec::state::{hash_file, now_ns, Stamp};
+use crate::exec::state::{now_ns, Stamp};
 use crate::store::Store;
 
 const AC_VERSION: u32 = 1;
@@ -322,7 +322,7 @@ impl ActionCache {
             }
             let hashed_at_ns = now_ns();
             let tmp_path = Utf8Path::from_path(tmp.path()).expect("utf-8 temp path").to_owned();
-            let hash = hash_file(&tmp_path)?;
+            let (hash, _) = crate::util::hash::blake3_file(&tmp_path)?;
             if hash.to_hex().as_str() != out.blake3 {
                 // Corrupt blob: drop it so the next insert rewrites it.
                 let _ = fs::remove_file(&blob);
