@@ -466,6 +466,11 @@ pub struct GcReport {
     pub removed_blobs: usize,
     pub removed_trees: usize,
     pub removed_archives: usize,
+    /// Cached plans (`plans/<key>`) not used within `max_age`, and plan
+    /// directories a crashed build left half-written.
+    pub removed_plans: usize,
+    /// Leftovers in `tmp/` older than the grace period.
+    pub removed_temp: usize,
     pub freed_bytes: u64,
     /// Size of trees, archives, blobs and `ac/` afterwards.
     pub kept_bytes: u64,
@@ -534,7 +539,10 @@ fn remove_entry(store: &Store, path: &Utf8Path) -> anyhow::Result<()> {
 /// not used within `max_age`, blobs no kept entry names; then, over
 /// `max_size`, the least recently used entries and the blobs only they
 /// named. Locked sources are never removed; nothing younger than `grace` is.
-/// `git/`, `locks/` and `tmp/` are left alone.
+/// Cached plans not used within `max_age` go too, unless a build holds the
+/// plan's lock (it is planning with it right now); so do leftovers in `tmp/`
+/// older than `grace` (a running build's temporary files are younger).
+/// `git/` and `locks/` are left alone.
 pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcReport> {
     use std::collections::{HashMap, HashSet};
     let now = std::time::SystemTime::now();
@@ -560,6 +568,28 @@ pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcR
                 }
                 doomed.push((it.path, it.bytes, Some(format!("{lock}:{name}"))));
             }
+        }
+    }
+
+    // Plans: last use is `plan.json`'s mtime (the build touches it on a hit).
+    for (name, path) in subdirs(&root.join("plans")) {
+        let Some(mut it) = item(path.clone()) else { continue };
+        if let Ok(used) = fs::metadata(path.join("plan.json")).and_then(|m| m.modified()) {
+            it.used = it.used.max(used);
+        }
+        let half_written = name.starts_with('.') && age(&it) >= options.grace;
+        let unused = !name.starts_with('.') && age(&it) > options.max_age && age(&it) >= options.grace;
+        if half_written || unused {
+            report.removed_plans += 1;
+            doomed.push((it.path, it.bytes, Some(format!("plan-{name}"))));
+        }
+    }
+    // Temporary files and directories of builds that did not finish.
+    for (name, path) in subdirs(&root.join("tmp")) {
+        let Some(it) = item(path) else { continue };
+        if !name.starts_with("gc-") && age(&it) >= options.grace {
+            report.removed_temp += 1;
+            doomed.push((it.path, it.bytes, None));
         }
     }
 
@@ -650,6 +680,15 @@ pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcR
             continue;
         }
         let _lock = match &lock {
+            // A plan in use by a running build is skipped, not waited for.
+            Some(name) if name.starts_with("plan-") => match store.try_lock(name)? {
+                Some(lock) => Some(lock),
+                None => {
+                    report.removed_plans -= 1;
+                    report.freed_bytes -= bytes;
+                    continue;
+                }
+            },
             Some(name) => Some(store.lock(name)?),
             None => None,
         };

@@ -86,7 +86,10 @@ impl Runner for Sandbox {
         self.backend() == "bwrap"
     }
     fn identity(&self) -> SandboxIdentity {
-        SandboxIdentity { backend: self.backend().to_string(), env: self.full_env() }
+        // The environment as a set: where a variable was overridden does not
+        // matter, only its final value.
+        let env: std::collections::BTreeMap<String, String> = self.full_env().into_iter().collect();
+        SandboxIdentity { backend: self.backend().to_string(), env: env.into_iter().collect() }
     }
 }
 

@@ -68,7 +68,8 @@ pub fn tool_versions(sandbox: &Sandbox, arch: Option<&str>) -> String {
 /// host paths when the backend is not hermetic.
 pub fn sandbox_identity(sandbox: &Sandbox) -> String {
     let mut out = format!("backend={}\n", sandbox.backend());
-    for (k, v) in sandbox.full_env() {
+    let env: std::collections::BTreeMap<String, String> = sandbox.full_env().into_iter().collect();
+    for (k, v) in env {
         out.push_str(&format!("env {k}={v}\n"));
     }
     if sandbox.backend() != "bwrap" {

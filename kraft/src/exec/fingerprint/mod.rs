@@ -157,8 +157,8 @@ pub fn script_hash(action: &Action, script: &str) -> Hash {
 pub struct SandboxIdentity {
     /// `bwrap` or `none`.
     pub backend: String,
-    /// The commands' environment as set (PATH, LC_ALL, TZ, HOME,
-    /// SOURCE_DATE_EPOCH, anything the caller passed), in order.
+    /// The commands' environment (PATH, LC_ALL, TZ, HOME,
+    /// SOURCE_DATE_EPOCH, anything the caller passed), sorted by name.
     pub env: Vec<(String, String)>,
 }
 
