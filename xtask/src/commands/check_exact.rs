@@ -48,6 +48,8 @@ struct World {
 type Outputs = BTreeMap<String, String>;
 
 struct Built {
+    /// `target/kraft/<app>/<plat>-<arch>` of this build.
+    out_dir: Utf8PathBuf,
     ran: usize,
     restored: usize,
     needless: Vec<String>,
@@ -115,7 +117,7 @@ impl Corpus<'_> {
         }
         let out_dir = self.out_dir(target_dir)?;
         let after = BuildState::load(&out_dir.join("state.json"));
-        let mut built = Built { ran: 0, restored: 0, needless: Vec::new(), outputs: Outputs::new() };
+        let mut built = Built { out_dir: out_dir.clone(), ran: 0, restored: 0, needless: Vec::new(), outputs: Outputs::new() };
         // A no-op build leaves the state untouched: its log is the last one.
         let did_work = before.as_ref().is_none_or(|b| b.last_build.started_ns != after.last_build.started_ns);
         if did_work {
@@ -302,7 +304,13 @@ pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
             Compare::Baseline => baseline.clone(),
             Compare::Clean => corpus.clean(&world).with_context(|| format!("clean build for mutation {}", mutation.name))?,
         };
-        let stale: Vec<&String> = reference.iter().filter(|(k, v)| built.outputs.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+        // Every file the reference build's actions wrote, read from the
+        // incremental build's directories (not from its records).
+        let file_of = |key: &str| match key.strip_prefix("installed:") {
+            Some(name) => built.out_dir.join(name),
+            None => built.out_dir.join("build").join(key),
+        };
+        let stale: Vec<&String> = reference.iter().filter(|(k, v)| hash_file(&file_of(k)) != **v).map(|(k, _)| k).collect();
         checked += 1;
         needless += built.needless.len();
         let verdict = if stale.is_empty() {
