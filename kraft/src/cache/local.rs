@@ -151,7 +151,7 @@ impl ActionCache {
             .prefix("ac-")
             .tempfile_in(self.store.root().join("tmp"))
             .context("creating a temporary action cache entry")?;
-        fs::write(tmp.path(), &bytes)?;
+        fs::write(tmp.path(), &bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
         tmp.persist(&path).map_err(|e| e.error).with_context(|| format!("writing {path}"))?;
         Ok(())
     }
@@ -328,13 +328,14 @@ impl ActionCache {
                 let _ = fs::remove_file(&blob);
                 return Ok(None);
             }
-            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(out.mode))?;
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(out.mode))
+                .with_context(|| format!("setting the mode of {}", tmp.path().display()))?;
             staged.push((tmp, host, out, hash, hashed_at_ns));
         }
         let mut restored = Vec::with_capacity(staged.len());
         for (tmp, host, out, hash, hashed_at_ns) in staged {
             tmp.persist(&host).map_err(|e| e.error).with_context(|| format!("restoring {host}"))?;
-            let stamp = Stamp::of(&fs::metadata(&host)?);
+            let stamp = Stamp::of(&fs::metadata(&host).with_context(|| format!("reading metadata of {host}"))?);
             restored.push(Restored { path: out.path.clone(), host, hash, mode: out.mode, stamp, hashed_at_ns });
         }
         Ok(Some(restored))
@@ -523,7 +524,8 @@ fn remove_entry(store: &Store, path: &Utf8Path) -> anyhow::Result<()> {
         };
     }
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).with_context(|| format!("making {path} writable"))?;
-    let trash = tempfile::Builder::new().prefix("gc-").tempdir_in(store.root().join("tmp"))?;
+    let tmp = store.root().join("tmp");
+    let trash = tempfile::Builder::new().prefix("gc-").tempdir_in(&tmp).with_context(|| format!("creating a directory in {tmp}"))?;
     let target = trash.path().join("x");
     fs::rename(path, &target).with_context(|| format!("moving {path} out of the store"))?;
     for entry in walkdir::WalkDir::new(&target).into_iter().filter_map(Result::ok) {

@@ -212,6 +212,13 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
         plan::plan(&prepared.input, Some(&session.store.root().join("plans")))
             .with_context(|| format!("planning {id} in {}", prepared.input.build))?
     };
+    if plan.cached {
+        // Last use, for `cache gc` (best effort: the entry may be read-only).
+        let used = session.store.root().join("plans").join(&plan.key).join("plan.json");
+        if let Ok(file) = std::fs::File::options().append(true).open(&used) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));
     }
@@ -260,6 +267,9 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let mut watched = report.watched.clone();
     watched.extend(image.iter().cloned());
     watched.extend(dbg.iter().cloned());
+    // The records the next build compares with: gone or rewritten, the
+    // target dir is not what this snapshot describes.
+    watched.push(state_path.clone());
     crate::exec::noop::record(&noop_path, &noop_key, report.total, report.units.len(), &watched);
     Ok(TargetBuild {
         target: id,
