@@ -1,5 +1,6 @@
 //! Action caches: the local one in the store and the shared one a team
 //! reads over the network.
 
+pub mod gc;
 pub mod http;
 pub mod local;
