@@ -102,7 +102,8 @@ pub struct CheckExactArgs {
     #[arg(short, long)]
     pub target: Option<String>,
     /// Only these mutation groups (comma-separated): source, header, kconfig,
-    /// makefile, recipe, toolchain, env, component, checkout, store, target.
+    /// makefile, recipe, toolchain, env, component, checkout, store, target;
+    /// or mutations by the start of their name (`source: new global`).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Keep the scratch directory (target/kraft/check-exact/<app>) afterwards.

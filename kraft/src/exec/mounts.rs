@@ -99,6 +99,25 @@ impl MountMap {
     }
 }
 
+/// `inside<TAB>host` per mount, one a line: what the build state keeps to
+/// know whose files its stat cache describes.
+impl MountMap {
+    pub fn listing(&self) -> String {
+        self.mounts.iter().map(|m| format!("{}\t{}\n", m.inside, m.host)).collect()
+    }
+
+    /// Inside roots whose host directory is not the one `old` (a
+    /// [`MountMap::listing`]) had.
+    pub fn moved_since(&self, old: &str) -> Vec<String> {
+        let before: std::collections::HashMap<&str, &str> = old.lines().filter_map(|l| l.split_once('\t')).collect();
+        self.mounts
+            .iter()
+            .filter(|m| before.get(m.inside.as_str()) != Some(&m.host.as_str()))
+            .map(|m| m.inside.to_string())
+            .collect()
+    }
+}
+
 /// `path` below `dir` (`""` for `dir` itself), on whole components: `/a/bc`
 /// is not below `/a/b`. Both are normalized absolute paths.
 pub(crate) fn strip_dir_prefix<'a>(path: &'a str, dir: &str) -> Option<&'a str> {

@@ -46,15 +46,15 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let started_ns = crate::exec::state::now_ns();
     let _lock = lock_build_dir(&ctx.state_path)?;
     let mounts = ctx.runner.mounts();
-    let hosts = mounts.host_digest();
+    let hosts = mounts.listing();
     let BuildState { actions: mut records, stats, last_build: _, toolchain: old_toolchain, mounts: old_hosts } =
         BuildState::load(&ctx.state_path);
     // The stat cache is keyed by inside paths: its stamps are those of the
-    // files behind the last build's mounts. Another checkout or store in
-    // the same build dir must not be trusted by stamp (inodes can repeat
-    // across file systems), so it starts empty; the records stay, and
-    // contents decide.
-    let stats = if old_hosts == hosts { stats } else { StatCache::default() };
+    // files behind the last build's mounts. Under a mount now backed by
+    // another directory (another checkout, another store) they must not be
+    // trusted (inodes repeat across file systems): those entries go; the
+    // records stay, and contents decide.
+    stats.forget_under(&mounts.moved_since(&old_hosts));
 
     let total = graph.actions.len();
     (ctx.events)(&Event::Planned { total });

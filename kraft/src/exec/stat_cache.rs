@@ -100,6 +100,13 @@ impl StatCache {
         StatCache { entries: Mutex::new(entries), ..Default::default() }
     }
 
+    /// Forget every entry under one of `roots` (inside paths whose host
+    /// directory changed: their stamps describe other files).
+    pub fn forget_under(&self, roots: &[String]) {
+        let under = |key: &str| roots.iter().any(|r| crate::exec::mounts::strip_dir_prefix(key, r).is_some());
+        self.entries.lock().unwrap().retain(|key, _| !under(key));
+    }
+
     /// Every key (inside path) this build looked at.
     pub fn used_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self.used.lock().unwrap().iter().cloned().collect();

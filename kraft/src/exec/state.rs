@@ -88,8 +88,8 @@ pub struct BuildState {
     pub last_build: LastBuild,
     /// Toolchain components of the last build (program → hash), for explain.
     pub toolchain: BTreeMap<String, Hash>,
-    /// [`MountMap::host_digest`](crate::exec::mounts::MountMap::host_digest)
-    /// of the last build: whose files the stat cache's stamps describe.
+    /// [`MountMap::listing`](crate::exec::mounts::MountMap::listing) of the
+    /// last build: whose files the stat cache's stamps describe.
     pub mounts: String,
 }
 

@@ -28,7 +28,7 @@ use crate::flags::CheckExactArgs;
 
 mod mutations;
 
-use mutations::{cleanup_wrappers, corpus_for};
+use mutations::{cleanup_wrappers, corpus_for, Mutation};
 
 /// Where the starting point's image is compared from.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -211,7 +211,8 @@ pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
     };
     let start = World { app: app_copy.clone(), store: scratch.join("store"), env: Vec::new() };
     let mutations = corpus_for(&corpus, &start, &scratch);
-    let wanted = |g: &str| args.only.is_empty() || args.only.iter().any(|o| o == g);
+    // A group name, or the start of a mutation's name (`source: new`).
+    let wanted = |m: &Mutation<'_>| args.only.is_empty() || args.only.iter().any(|o| o == m.group || m.name.starts_with(o.as_str()));
 
     eprintln!("{:>12} {} (first build, clean)", "Building", app_copy);
     let first = corpus.build(&start, &corpus.target_dir)?;
@@ -219,7 +220,7 @@ pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
     let mut world = start.clone();
     let (mut checked, mut exact, mut needless) = (0usize, 0usize, 0usize);
     for mutation in &mutations {
-        if !wanted(mutation.group) {
+        if !wanted(mutation) {
             continue;
         }
         (mutation.apply)(&mut world).with_context(|| format!("applying mutation {}", mutation.name))?;

@@ -17,7 +17,8 @@ pub enum DirtyReason {
     NeverBuilt,
     /// The command (script, cwd, declared outputs, depfile path) changed.
     ScriptChanged,
-    /// The toolchain or the sandbox backend changed.
+    /// The toolchain (PATH, cross prefix, links, programs), the sandbox
+    /// backend or the commands' environment changed.
     ToolchainChanged,
     /// A known input's content changed.
     InputChanged { path: Utf8PathBuf, old: Option<String>, new: Option<String> },
@@ -49,7 +50,7 @@ impl fmt::Display for DirtyReason {
         match self {
             DirtyReason::NeverBuilt => write!(f, "never built in this build directory"),
             DirtyReason::ScriptChanged => write!(f, "the command changed"),
-            DirtyReason::ToolchainChanged => write!(f, "the toolchain changed"),
+            DirtyReason::ToolchainChanged => write!(f, "the toolchain (PATH, links, programs) or the sandbox environment changed"),
             DirtyReason::InputChanged { path, old, new } => {
                 write!(f, "input {path} changed ({} -> {})", short(old), short(new))
             }

@@ -66,7 +66,8 @@
 //!    since make's realpaths end up in the prepared build dir.
 //! 8. What trusts the target dir must know whose files it stamped: the
 //!    snapshot names host paths, and the build state's stat cache is keyed
-//!    by inside paths, so it is dropped when the mount map changes.
+//!    by inside paths, so its entries under a mount now backed by another
+//!    directory are dropped (and those files hashed again).
 //! 9. Reach actions through what they read: the kconfig through the
 //!    generated `config.h` and `.config` (declared inputs or depfile
 //!    headers), components through their files, archives through the
