@@ -90,6 +90,25 @@ pub enum Command {
     Sysroot(SysrootArgs),
     /// Time our builds against make on the same trees (see `commands::bench`).
     Bench(BenchArgs),
+    /// Mutate a copy of the app one input at a time; check every incremental
+    /// build against a clean one (`exact: N/N, needless: K`).
+    CheckExact(CheckExactArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckExactArgs {
+    pub app: String,
+    /// Only this target (`qemu/x86_64`); needed when the app has several.
+    #[arg(short, long)]
+    pub target: Option<String>,
+    /// Only these mutation groups (comma-separated): source, header, kconfig,
+    /// makefile, recipe, toolchain, env, component, checkout, store, target;
+    /// or mutations by the start of their name (`source: new global`).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Keep the scratch directory (target/kraft/check-exact/<app>) afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]

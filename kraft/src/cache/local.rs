@@ -46,10 +46,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::exec::fingerprint::Hash;
 use crate::cache::http::{BlobUpload, RemoteTier, Upload};
-use crate::exec::state::{hash_file, now_ns, Stamp};
+use crate::exec::state::{now_ns, Stamp};
 use crate::store::Store;
 
-const AC_VERSION: u32 = 1;
+/// `cache gc` lives in [`crate::cache::gc`]; these names stay importable from here.
+pub use crate::cache::gc::{collect_garbage, GcOptions, GcReport};
+
+pub(crate) const AC_VERSION: u32 = 1;
 /// Most header lists remembered per pre-key.
 const MANIFEST_CAPACITY: usize = 16;
 
@@ -85,7 +88,7 @@ pub struct Entry {
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-enum File {
+pub(crate) enum File {
     Entry { version: u32, entry: Entry },
     Manifest { version: u32, candidates: Vec<Vec<Utf8PathBuf>> },
 }
@@ -151,7 +154,7 @@ impl ActionCache {
             .prefix("ac-")
             .tempfile_in(self.store.root().join("tmp"))
             .context("creating a temporary action cache entry")?;
-        fs::write(tmp.path(), &bytes)?;
+        fs::write(tmp.path(), &bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
         tmp.persist(&path).map_err(|e| e.error).with_context(|| format!("writing {path}"))?;
         Ok(())
     }
@@ -322,19 +325,20 @@ impl ActionCache {
             }
             let hashed_at_ns = now_ns();
             let tmp_path = Utf8Path::from_path(tmp.path()).expect("utf-8 temp path").to_owned();
-            let hash = hash_file(&tmp_path)?;
+            let (hash, _) = crate::util::hash::blake3_file(&tmp_path)?;
             if hash.to_hex().as_str() != out.blake3 {
                 // Corrupt blob: drop it so the next insert rewrites it.
                 let _ = fs::remove_file(&blob);
                 return Ok(None);
             }
-            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(out.mode))?;
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(out.mode))
+                .with_context(|| format!("setting the mode of {}", tmp.path().display()))?;
             staged.push((tmp, host, out, hash, hashed_at_ns));
         }
         let mut restored = Vec::with_capacity(staged.len());
         for (tmp, host, out, hash, hashed_at_ns) in staged {
             tmp.persist(&host).map_err(|e| e.error).with_context(|| format!("restoring {host}"))?;
-            let stamp = Stamp::of(&fs::metadata(&host)?);
+            let stamp = Stamp::of(&fs::metadata(&host).with_context(|| format!("reading metadata of {host}"))?);
             restored.push(Restored { path: out.path.clone(), host, hash, mode: out.mode, stamp, hashed_at_ns });
         }
         Ok(Some(restored))
@@ -368,7 +372,7 @@ impl AcVerifyReport {
 }
 
 /// Every `ac/<aa>/<name>` file, with its name.
-fn ac_files(dir: &Utf8Path) -> Vec<(String, Utf8PathBuf)> {
+pub(crate) fn ac_files(dir: &Utf8Path) -> Vec<(String, Utf8PathBuf)> {
     let mut files = Vec::new();
     for entry in walkdir::WalkDir::new(dir).min_depth(2).max_depth(2).into_iter().filter_map(Result::ok) {
         let Ok(path) = Utf8PathBuf::from_path_buf(entry.path().to_owned()) else { continue };
@@ -423,237 +427,4 @@ impl ActionCache {
         }
         Ok(report)
     }
-}
-
-// ---------------------------------------------------------------------- gc
-
-/// What `cache gc` keeps.
-#[derive(Debug, Clone)]
-pub struct GcOptions {
-    /// Trees (blake3) named by the lock files: always kept.
-    pub keep_trees: std::collections::HashSet<String>,
-    /// Archives (sha256) named by the lock files: always kept.
-    pub keep_archives: std::collections::HashSet<String>,
-    /// Action-cache entries used (hit or written) within this long are kept,
-    /// with their blobs, unless `max_size` evicts them.
-    pub max_age: std::time::Duration,
-    /// Evict least recently used entries until the store is at most this big.
-    pub max_size: Option<u64>,
-    /// Anything younger than this is never removed (a concurrent build or
-    /// fetch may be about to reference it).
-    pub grace: std::time::Duration,
-    /// Report, remove nothing.
-    pub dry_run: bool,
-}
-
-impl Default for GcOptions {
-    fn default() -> Self {
-        GcOptions {
-            keep_trees: Default::default(),
-            keep_archives: Default::default(),
-            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
-            max_size: None,
-            grace: std::time::Duration::from_secs(3600),
-            dry_run: false,
-        }
-    }
-}
-
-/// What `cache gc` did (or would do, dry).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GcReport {
-    pub removed_entries: usize,
-    pub removed_blobs: usize,
-    pub removed_trees: usize,
-    pub removed_archives: usize,
-    pub freed_bytes: u64,
-    /// Size of trees, archives, blobs and `ac/` afterwards.
-    pub kept_bytes: u64,
-    /// `max_size` could not be met without removing locked sources.
-    pub over_budget: bool,
-}
-
-struct Item {
-    path: Utf8PathBuf,
-    bytes: u64,
-    /// Last use: the mtime. [`ActionCache::get`] touches an entry on every
-    /// hit; atime is not used (any reader, `cache verify` or gc itself,
-    /// would refresh it).
-    used: std::time::SystemTime,
-}
-
-fn item(path: Utf8PathBuf) -> Option<Item> {
-    let meta = fs::symlink_metadata(&path).ok()?;
-    let used = meta.modified().ok()?;
-    let bytes = if meta.is_dir() {
-        walkdir::WalkDir::new(&path)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file())
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum()
-    } else {
-        meta.len()
-    };
-    Some(Item { path, bytes, used })
-}
-
-fn subdirs(dir: &Utf8Path) -> Vec<(String, Utf8PathBuf)> {
-    let mut out: Vec<(String, Utf8PathBuf)> = match dir.read_dir_utf8() {
-        Ok(entries) => entries.filter_map(Result::ok).map(|e| (e.file_name().to_owned(), e.path().to_owned())).collect(),
-        Err(_) => Vec::new(),
-    };
-    out.sort();
-    out
-}
-
-/// Delete a store entry: a file, or a read-only tree (moved into `tmp/`
-/// first, so it vanishes at once).
-fn remove_entry(store: &Store, path: &Utf8Path) -> anyhow::Result<()> {
-    let Ok(meta) = fs::symlink_metadata(path) else { return Ok(()) };
-    if !meta.is_dir() {
-        return match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {path}")),
-            _ => Ok(()),
-        };
-    }
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).with_context(|| format!("making {path} writable"))?;
-    let trash = tempfile::Builder::new().prefix("gc-").tempdir_in(store.root().join("tmp"))?;
-    let target = trash.path().join("x");
-    fs::rename(path, &target).with_context(|| format!("moving {path} out of the store"))?;
-    for entry in walkdir::WalkDir::new(&target).into_iter().filter_map(Result::ok) {
-        if entry.file_type().is_dir() {
-            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
-        }
-    }
-    fs::remove_dir_all(&target).with_context(|| format!("deleting {path}"))?;
-    Ok(())
-}
-
-/// Remove what is not needed: sources no lock names, action-cache entries
-/// not used within `max_age`, blobs no kept entry names; then, over
-/// `max_size`, the least recently used entries and the blobs only they
-/// named. Locked sources are never removed; nothing younger than `grace` is.
-/// `git/`, `locks/` and `tmp/` are left alone.
-pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcReport> {
-    use std::collections::{HashMap, HashSet};
-    let now = std::time::SystemTime::now();
-    let age = |i: &Item| now.duration_since(i.used).unwrap_or_default();
-    let root = store.root();
-    let mut report = GcReport::default();
-    let mut doomed: Vec<(Utf8PathBuf, u64, Option<String>)> = Vec::new(); // path, bytes, lock name
-    let mut kept_bytes = 0u64;
-
-    // Sources.
-    for (kind, keep, lock) in
-        [("trees", &options.keep_trees, "tree"), ("archives", &options.keep_archives, "archive")]
-    {
-        for (name, path) in subdirs(&root.join(kind)) {
-            let Some(it) = item(path) else { continue };
-            if keep.contains(&name) || age(&it) < options.grace {
-                kept_bytes += it.bytes;
-            } else {
-                if kind == "trees" {
-                    report.removed_trees += 1;
-                } else {
-                    report.removed_archives += 1;
-                }
-                doomed.push((it.path, it.bytes, Some(format!("{lock}:{name}"))));
-            }
-        }
-    }
-
-    // Action cache: entries by last use, manifests, and what they name.
-    let mut entries: Vec<(Item, Vec<String>)> = Vec::new();
-    let mut manifests: Vec<Item> = Vec::new();
-    for (_, path) in ac_files(&root.join("ac")) {
-        let parsed = fs::read(&path).ok().and_then(|b| serde_json::from_slice::<File>(&b).ok());
-        let Some(it) = item(path) else { continue };
-        match parsed {
-            Some(File::Entry { version: AC_VERSION, entry }) if age(&it) <= options.max_age => {
-                entries.push((it, entry.outputs.into_iter().map(|o| o.blake3).collect()))
-            }
-            Some(File::Manifest { version: AC_VERSION, .. }) if age(&it) <= options.max_age => manifests.push(it),
-            _ => {
-                report.removed_entries += 1;
-                doomed.push((it.path, it.bytes, None));
-            }
-        }
-    }
-    entries.sort_by_key(|(it, _)| std::cmp::Reverse(it.used)); // most recent first
-    let mut refs: HashMap<String, usize> = HashMap::new();
-    for (_, blobs) in &entries {
-        for b in blobs {
-            *refs.entry(b.clone()).or_default() += 1;
-        }
-    }
-    let mut blobs: HashMap<String, Item> = HashMap::new();
-    for (_, dir) in subdirs(&root.join("blobs")) {
-        for (name, path) in subdirs(&dir) {
-            if let Some(it) = item(path) {
-                blobs.insert(name, it);
-            }
-        }
-    }
-    let mut young_blobs: HashSet<String> = HashSet::new();
-    for (name, it) in &blobs {
-        if refs.contains_key(name) {
-            kept_bytes += it.bytes;
-        } else if age(it) < options.grace {
-            young_blobs.insert(name.clone());
-            kept_bytes += it.bytes;
-        } else {
-            report.removed_blobs += 1;
-            doomed.push((it.path.clone(), it.bytes, Some(format!("blob:{name}"))));
-        }
-    }
-    kept_bytes += entries.iter().map(|(it, _)| it.bytes).sum::<u64>();
-    kept_bytes += manifests.iter().map(|it| it.bytes).sum::<u64>();
-
-    // Size budget: evict least recently used entries (and blobs only they named).
-    if let Some(max) = options.max_size {
-        while kept_bytes > max {
-            let Some((it, names)) = entries.pop() else { break };
-            if age(&it) < options.grace {
-                entries.push((it, names));
-                break;
-            }
-            kept_bytes -= it.bytes;
-            report.removed_entries += 1;
-            doomed.push((it.path, it.bytes, None));
-            for name in names {
-                let count = refs.get_mut(&name).expect("counted");
-                *count -= 1;
-                if *count == 0 && !young_blobs.contains(&name) {
-                    if let Some(b) = blobs.get(&name) {
-                        kept_bytes -= b.bytes;
-                        report.removed_blobs += 1;
-                        doomed.push((b.path.clone(), b.bytes, Some(format!("blob:{name}"))));
-                    }
-                }
-            }
-        }
-        // Manifests are tiny, but they go too once no entry is left.
-        if kept_bytes > max && entries.is_empty() {
-            for it in manifests.drain(..) {
-                kept_bytes -= it.bytes;
-                doomed.push((it.path, it.bytes, None));
-            }
-        }
-        report.over_budget = kept_bytes > max;
-    }
-
-    report.kept_bytes = kept_bytes;
-    for (path, bytes, lock) in doomed {
-        report.freed_bytes += bytes;
-        if options.dry_run {
-            continue;
-        }
-        let _lock = match &lock {
-            Some(name) => Some(store.lock(name)?),
-            None => None,
-        };
-        remove_entry(store, &path)?;
-    }
-    Ok(report)
 }

@@ -2,6 +2,7 @@
 //! a team reads over the network ([`http`]), whose entries CI signs and
 //! clients verify ([`signing`]).
 
+pub mod gc;
 pub mod http;
 pub mod local;
 pub mod signing;

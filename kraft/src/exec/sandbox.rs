@@ -63,6 +63,8 @@ use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
+use crate::exec::mounts::MountMap;
+
 /// One directory made visible to build commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
@@ -90,7 +92,7 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    mounts: Vec<Mount>,
+    mounts: MountMap,
     env: Vec<(String, String)>,
     backend: Backend,
 }
@@ -122,23 +124,12 @@ impl Sandbox {
     }
 
     pub fn with_backend(
-        mut mounts: Vec<Mount>,
+        mounts: Vec<Mount>,
         env: Vec<(String, String)>,
         backend: Backend,
     ) -> Result<Sandbox> {
-        for m in &mut mounts {
-            if !m.inside.is_absolute() || !m.inside.starts_with(crate::plan::graph::SANDBOX_ROOT) {
-                bail!("sandbox mount {} must be under {}", m.inside, crate::plan::graph::SANDBOX_ROOT);
-            }
-            // Canonical host paths so that `realpath` in make (none backend)
-            // prints exactly what `rewrite_to_inside` maps back.
-            m.host = m
-                .host
-                .canonicalize_utf8()
-                .with_context(|| format!("sandbox mount source {}", m.host))?;
-        }
-        // Parents before children, so nested mounts stack correctly.
-        mounts.sort_by(|a, b| a.inside.cmp(&b.inside));
+        // Canonical host paths, parents before children (see `MountMap`).
+        let mounts = MountMap::new(mounts)?;
         if backend == Backend::None {
             warn_unsandboxed();
         }
@@ -153,6 +144,11 @@ impl Sandbox {
     }
 
     pub fn mounts(&self) -> &[Mount] {
+        self.mounts.mounts()
+    }
+
+    /// Inside path ↔ host path, for this sandbox's mounts.
+    pub fn mount_map(&self) -> &MountMap {
         &self.mounts
     }
 
@@ -197,7 +193,7 @@ impl Sandbox {
                 if std::path::Path::new("/nix/store").is_dir() {
                     cmd.args(["--ro-bind", "/nix/store", "/nix/store"]);
                 }
-                for m in &self.mounts {
+                for m in self.mounts.mounts() {
                     cmd.arg(if m.writable { "--bind" } else { "--ro-bind" });
                     cmd.arg(&m.host).arg(&m.inside);
                 }
@@ -236,7 +232,7 @@ impl Sandbox {
     /// The commands' environment: [`BASE_ENV`], then `PATH` from
     /// `KRAFT_SANDBOX_PATH` when set (Nix shells and builds keep their
     /// toolchain outside /usr), then the caller's variables.
-    fn full_env(&self) -> Vec<(String, String)> {
+    pub fn full_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> =
             BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if let Some(path) = &crate::config::Config::get().sandbox_path {
@@ -252,23 +248,12 @@ impl Sandbox {
 
     /// Host path for an inside path (longest matching mount wins).
     pub fn to_host(&self, inside: &Utf8Path) -> Option<Utf8PathBuf> {
-        // On strings, not `Path::strip_prefix`: this runs for every file of
-        // every action, and component-wise comparison dominated no-op builds.
-        self.mounts
-            .iter()
-            .rev()
-            .filter_map(|m| strip_dir_prefix(inside.as_str(), m.inside.as_str()).map(|rest| (m, rest)))
-            .max_by_key(|(m, _)| m.inside.as_str().len())
-            .map(|(m, rest)| if rest.is_empty() { m.host.clone() } else { m.host.join(rest) })
+        self.mounts.to_host(inside)
     }
 
     /// Inside path for a host path (longest matching mount wins).
     pub fn to_inside(&self, host: &Utf8Path) -> Option<Utf8PathBuf> {
-        self.mounts
-            .iter()
-            .filter_map(|m| strip_dir_prefix(host.as_str(), m.host.as_str()).map(|rest| (m, rest)))
-            .max_by_key(|(m, _)| m.host.as_str().len())
-            .map(|(m, rest)| if rest.is_empty() { m.inside.clone() } else { m.inside.join(rest) })
+        self.mounts.to_inside(host)
     }
 
     /// Replaces inside paths in free text by host paths (`none` backend);
@@ -277,9 +262,7 @@ impl Sandbox {
         if self.backend == Backend::Bwrap {
             return text.to_string();
         }
-        let pairs: Vec<(&str, &str)> =
-            self.mounts.iter().map(|m| (m.inside.as_str(), m.host.as_str())).collect();
-        replace_prefixes(text, &pairs)
+        self.mounts.rewrite_to_host(text)
     }
 
     /// Replaces host paths in free text (make's output, `.cmd` files,
@@ -288,41 +271,8 @@ impl Sandbox {
         if self.backend == Backend::Bwrap {
             return text.to_string();
         }
-        let pairs: Vec<(&str, &str)> =
-            self.mounts.iter().map(|m| (m.host.as_str(), m.inside.as_str())).collect();
-        replace_prefixes(text, &pairs)
+        self.mounts.rewrite_to_inside(text)
     }
-}
-
-/// Replaces each occurrence of a `from` path that ends at a path boundary
-/// (end of text, `/`, or a character that cannot be part of a file name in
-/// a command line), longest `from` first.
-fn replace_prefixes(text: &str, pairs: &[(&str, &str)]) -> String {
-    let mut pairs = pairs.to_vec();
-    pairs.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    'outer: while i < bytes.len() {
-        if bytes[i] == b'/' {
-            for (from, to) in &pairs {
-                if text[i..].starts_with(from) {
-                    let end = i + from.len();
-                    let boundary = end == bytes.len()
-                        || !matches!(bytes[end], b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'+');
-                    if boundary {
-                        out.push_str(to);
-                        i = end;
-                        continue 'outer;
-                    }
-                }
-            }
-        }
-        let ch = text[i..].chars().next().unwrap();
-        out.push(ch);
-        i += ch.len_utf8();
-    }
-    out
 }
 
 fn warn_unsandboxed() {
@@ -353,18 +303,6 @@ pub fn bwrap_usable() -> std::result::Result<(), String> {
             }
         })
         .clone()
-}
-
-/// `path` below `dir` (`""` for `dir` itself), on whole components: `/a/bc`
-/// is not below `/a/b`. Both are normalized absolute paths.
-fn strip_dir_prefix<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
-    let dir = dir.trim_end_matches('/');
-    let rest = path.strip_prefix(dir)?;
-    if rest.is_empty() {
-        Some("")
-    } else {
-        rest.strip_prefix('/').map(|r| r.trim_start_matches('/'))
-    }
 }
 
 #[cfg(test)]

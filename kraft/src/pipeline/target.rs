@@ -26,6 +26,7 @@ use crate::plan::graph::{ActionKind, Graph};
 use crate::source::kraftfile::Target;
 use crate::plan::{self, PlanInput, UnitRule};
 use crate::source::recipe::ComponentKind;
+use crate::exec::mounts::MountMap;
 use crate::exec::sandbox::Sandbox;
 use crate::session::Session;
 use crate::exec::state::Outcome;
@@ -169,14 +170,23 @@ pub fn iso8601_utc(epoch: i64) -> String {
 pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<TargetBuild> {
     let start = Instant::now();
     let id = prepared.target.id();
-    std::fs::create_dir_all(&prepared.out_dir).with_context(|| format!("creating {}", prepared.out_dir))?;
+    std::fs::create_dir_all(&prepared.out_dir).with_context(|| format!("creating directory {}", prepared.out_dir))?;
+    // One build of a target at a time, from the no-op check to the recorded
+    // snapshot: a second one waits, then finds the work done.
+    let _target_lock = crate::exec::lock::wait_for(&prepared.out_dir.join(".lock"), &prepared.out_dir)?;
     // Nothing changed since the last successful build? Then nothing is done:
     // no plan is loaded and no action is looked at (see `noop.rs`).
     let noop_path = prepared.out_dir.join("noop.json");
-    std::fs::create_dir_all(&prepared.input.build).with_context(|| format!("creating {}", prepared.input.build))?;
-    let key_sandbox = Sandbox::new(prepared.input.mounts(), prepared.input.env.clone())?;
-    let key = plan::plan_key(&prepared.input, &key_sandbox)?;
-    if let Some(snapshot) = crate::exec::noop::check(&noop_path, &key) {
+    std::fs::create_dir_all(&prepared.input.build).with_context(|| format!("creating directory {}", prepared.input.build))?;
+    // The mount map, built once: the sandbox, the executor and the snapshot
+    // all use this one.
+    let mounts = MountMap::new(prepared.input.mounts())?;
+    let sandbox = Sandbox::new(mounts.mounts().to_vec(), prepared.input.env.clone())?;
+    let key = plan::plan_key(&prepared.input, &sandbox)?;
+    // The snapshot stamps host files: its key says whose (another checkout
+    // of the app, another store behind the core, is another snapshot).
+    let noop_key = format!("{key}+mounts:{}", mounts.host_digest());
+    if let Some(snapshot) = crate::exec::noop::check(&noop_path, &noop_key) {
         let installed = |name: &str| Some(prepared.out_dir.join(name)).filter(|p| p.is_file());
         let report = BuildReport { total: snapshot.actions, up_to_date: snapshot.actions, duration: start.elapsed(), ..Default::default() };
         return Ok(TargetBuild {
@@ -196,14 +206,26 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
         });
     }
     crate::exec::noop::invalidate(&noop_path);
-    let plan = plan::plan(&prepared.input, Some(&session.store.root().join("plans")))?;
+    // Plan-cache entries are written under a store lock on their key: a
+    // concurrent build of the same plan waits for the entry and reuses it.
+    let plan = {
+        let _plan_lock = session.store.lock(&format!("plan-{key}"))?;
+        plan::plan(&prepared.input, Some(&session.store.root().join("plans")))
+            .with_context(|| format!("planning {id} in {}", prepared.input.build))?
+    };
+    if plan.cached {
+        // Last use, for `cache gc` (best effort: the entry may be read-only).
+        let used = session.store.root().join("plans").join(&plan.key).join("plan.json");
+        if let Ok(file) = std::fs::File::options().append(true).open(&used) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));
     }
     if !plan.cached {
         session.output.status("Planned", &format!("{id}: {} actions ({} make runs, {:.1}s)", plan.graph.actions.len(), plan.make_runs, plan.elapsed.as_secs_f64()));
     }
-    let sandbox = Sandbox::new(prepared.input.mounts(), prepared.input.env.clone())?;
     let state_path = prepared.out_dir.join("state.json");
     let output = &session.output;
     let bar = output.progress(plan.graph.actions.len());
@@ -229,6 +251,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     ctx.jobs = session.jobs;
     ctx.events = &progress;
     ctx.remote = session.remote.as_ref();
+    ctx.toolchain.cross_compile = cross_compile_of(&plan.graph);
     let result = exec::execute(&plan.graph, &ctx);
     bar.finish();
     let report = result?;
@@ -242,7 +265,10 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let mut watched = report.watched.clone();
     watched.extend(image.iter().cloned());
     watched.extend(dbg.iter().cloned());
-    crate::exec::noop::record(&noop_path, &plan.key, report.total, report.units.len(), &watched);
+    // The records the next build compares with: gone or rewritten, the
+    // target dir is not what this snapshot describes.
+    watched.push(state_path.clone());
+    crate::exec::noop::record(&noop_path, &noop_key, report.total, report.units.len(), &watched);
     Ok(TargetBuild {
         target: id,
         out_dir: prepared.out_dir.clone(),
@@ -260,6 +286,21 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     })
 }
 
+/// The `CROSS_COMPILE` prefix make chose, read from the first compile's
+/// command (`aarch64-linux-gnu-gcc -c ...` → `aarch64-linux-gnu-`): the
+/// executor identifies that toolchain.
+fn cross_compile_of(graph: &Graph) -> String {
+    let first = graph.actions.iter().find(|a| a.kind == ActionKind::Compile);
+    let words = first.and_then(|a| crate::util::shell::split(&a.script)).unwrap_or_default();
+    words
+        .iter()
+        .filter(|w| !w.starts_with('-'))
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .find_map(|w| w.strip_suffix("gcc").filter(|p| p.is_empty() || p.ends_with('-')))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Copy a build output next to the build dir, atomically; skip if identical.
 fn install(build_dir: &Utf8Path, out_dir: &Utf8Path, name: &str) -> anyhow::Result<Option<Utf8PathBuf>> {
     let from = build_dir.join(name);
@@ -270,14 +311,15 @@ fn install(build_dir: &Utf8Path, out_dir: &Utf8Path, name: &str) -> anyhow::Resu
     let same = match (std::fs::metadata(&from), std::fs::metadata(&to)) {
         (Ok(a), Ok(b)) => {
             use std::os::unix::fs::MetadataExt;
-            a.len() == b.len() && a.mtime() <= b.mtime() && std::fs::read(&from)? == std::fs::read(&to)?
+            let read = |p: &Utf8Path| std::fs::read(p).with_context(|| format!("reading {p}"));
+            a.len() == b.len() && a.mtime() <= b.mtime() && read(&from)? == read(&to)?
         }
         _ => false,
     };
     if !same {
         let tmp = out_dir.join(format!(".{name}.tmp"));
-        std::fs::copy(&from, &tmp).with_context(|| format!("copying {from}"))?;
-        std::fs::rename(&tmp, &to)?;
+        std::fs::copy(&from, &tmp).with_context(|| format!("copying {from} to {tmp}"))?;
+        std::fs::rename(&tmp, &to).with_context(|| format!("renaming {tmp} to {to}"))?;
     }
     Ok(Some(to))
 }

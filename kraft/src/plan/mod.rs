@@ -31,6 +31,7 @@
 //! the first compile and after the final link, so this costs no parallelism.
 
 pub mod graph;
+pub mod key;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -311,82 +312,14 @@ fn check_config(config: &str, wanted: &[(String, String)]) -> Vec<String> {
 // Plan key and cache
 // ---------------------------------------------------------------------------
 
-/// The plan key: blake3 over everything that can change what `make -n all`
-/// prints or the prepared build dir, like cargo's fingerprints.
-///
-/// | input                         | why                                                       |
-/// |-------------------------------|-----------------------------------------------------------|
-/// | [`PLAN_FORMAT`]               | parser or cache layout changes                            |
-/// | target (plat, arch)           | selects platform/arch libraries and flags                 |
-/// | defconfig (kconfig + target + `CONFIG_UK_NAME`) | the configuration                      |
-/// | mount layout (lib names, app name, order) | paths in every command, `L=` order            |
-/// | component identity            | caller's hash (`component_hashes`) if given, else the content of every `Makefile*`, `*.uk`, `*.mk`, `Config.uk*` below the component (not `.git`) |
-/// | origin archives               | destination path and blake3 of the content                |
-/// | env                           | passed to every command (`SOURCE_DATE_EPOCH`, ...)        |
-/// | unit rules                    | stored in the graph                                       |
-/// | tools                         | `make --version`, `gcc --version`, `ld --version`, `bash --version` first lines, as seen inside the sandbox |
-/// | sandbox backend               | `none` plans embed different realpaths                    |
-///
-/// Not in the key: source files that are not build descriptions (adding a
-/// `.c` file without touching `Makefile.uk` does not change the plan, except
-/// through wildcards in Makefile.uk — give `component_hashes` to be exact).
+/// The plan key: see [`key`].
 pub fn plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
-    let mut h = blake3::Hasher::new();
-    let mut field = |name: &str, value: &[u8]| {
-        h.update(name.as_bytes());
-        h.update(&(value.len() as u64).to_le_bytes());
-        h.update(value);
-    };
-    field("format", &PLAN_FORMAT.to_le_bytes());
-    field("target", format!("{}/{}", input.target.plat, input.target.arch).as_bytes());
-    for (k, v) in input.defconfig() {
-        field("kconfig", format!("{k}={v}").as_bytes());
-    }
-    field("make", input.make_command().as_bytes());
-    let hashes: HashMap<&str, &str> =
-        input.component_hashes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut components = vec![("unikraft".to_string(), input.core.clone())];
-    components.extend(input.libs.iter().map(|(n, d)| (format!("lib:{n}"), d.clone())));
-    components.push(("app".to_string(), input.app.clone()));
-    for (name, dir) in &components {
-        let id = match hashes.get(name.as_str()) {
-            Some(hash) => format!("hash:{hash}"),
-            None => format!("files:{}", fingerprint_build_files(dir)?),
-        };
-        field(&format!("component:{name}"), id.as_bytes());
-    }
-    for (host, rel) in &input.origins {
-        let data = std::fs::read(host).with_context(|| format!("reading origin archive {host}"))?;
-        field("origin", format!("{rel}:{}", blake3::hash(&data)).as_bytes());
-    }
-    for (k, v) in &input.env {
-        field("env", format!("{k}={v}").as_bytes());
-    }
-    field("units", serde_json::to_string(&input.unit_rules)?.as_bytes());
-    field("backend", sandbox.backend().as_bytes());
-    field("tools", tool_versions(sandbox)?.as_bytes());
-    Ok(h.finalize().to_hex()[..32].to_string())
+    key::plan_key(input, sandbox)
 }
 
-/// The identity of the host tools make runs. The sandbox mounts the host's
-/// `/usr` read-only, so the host's binaries are the ones used; naming each by
-/// path, size, mtime and inode catches an upgrade without spawning anything
-/// (a no-op build must not pay for `--version` calls). The executor keys
-/// every action by the compiler's content separately.
+/// How the sandbox's `PATH` resolves make's tools (see [`key`]).
 pub(crate) fn tool_versions(sandbox: &Sandbox) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let _ = sandbox;
-    let mut out = String::new();
-    for tool in ["make", "gcc", "ld", "bash", "awk", "sed"] {
-        let found = ["/usr/bin", "/bin"].iter().map(|d| Utf8Path::new(d).join(tool)).find(|p| p.exists());
-        match found.and_then(|p| std::fs::metadata(&p).ok().map(|m| (p, m))) {
-            Some((path, meta)) => {
-                writeln!(out, "{path} {} {} {}", meta.len(), meta.mtime(), meta.ino()).unwrap();
-            }
-            None => writeln!(out, "{tool} missing").unwrap(),
-        }
-    }
-    Ok(out)
+    Ok(key::tool_versions(sandbox, None))
 }
 
 /// `<build>/.kraft-plan`: the plan key the build dir was prepared for.

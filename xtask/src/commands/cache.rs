@@ -78,11 +78,13 @@ fn gc(session: &Session, args: &GcArgs) -> anyhow::Result<()> {
     session.output.status(
         if args.dry_run { "Would remove" } else { "Removed" },
         &format!(
-            "{} entries, {} blobs, {} trees, {} archives ({:.1} MiB); {:.1} MiB kept",
+            "{} entries, {} blobs, {} trees, {} archives, {} plans, {} temporary ({:.1} MiB); {:.1} MiB kept",
             r.removed_entries,
             r.removed_blobs,
             r.removed_trees,
             r.removed_archives,
+            r.removed_plans,
+            r.removed_temp,
             mib(r.freed_bytes),
             mib(r.kept_bytes)
         ),

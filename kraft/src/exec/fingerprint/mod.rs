@@ -1,52 +1,106 @@
-//! Action fingerprints: what decides whether an action must run again, and
-//! the cache key under which its outputs are stored.
+//! Keys: what decides whether work must be done again, and under which name
+//! its result is shared.
 //!
-//! A [`Fingerprint`] is the set of things an action's outputs depend on, each
-//! reduced to a blake3 hash. The action cache key is a hash of it; the
-//! per-build-dir state keeps the last fingerprint of every action, and
-//! comparing the two field by field yields a [`DirtyReason`], which both
-//! decides that the action must be brought up to date and says why.
+//! There are three keys and one snapshot. For an action, a [`Fingerprint`] is
+//! the set of things its outputs depend on, each reduced to a blake3 hash;
+//! the **pre-key** hashes what is known before it runs, the **action key**
+//! adds the headers its depfile named (the two levels of ccache's manifest /
+//! Bazel's discovered inputs: the pre-key names a manifest of header lists
+//! in the action cache, each list with the headers' current hashes gives an
+//! action key, which names the outputs). The **plan key**
+//! ([`crate::plan::key`]) names a cached `make` plan and the prepared build
+//! dir. The **no-op snapshot** ([`crate::exec::noop`]) lets a build that
+//! changed nothing stop after a few thousand `stat`s.
 //!
-//! # What goes into a key
+//! # Every input, and which key holds it
 //!
-//! | field                  | contents                                                                                                                                                   | why                                                                                                 |
-//! |------------------------|------------------------------------------------------------------------------------------------------------------------------------------------------------|-----------------------------------------------------------------------------------------------------|
-//! | `script`               | [`KEY_VERSION`], the action kind, the bash script, `cwd`, the declared output paths and the depfile path                                                   | the command itself. Paths are all under `/kraft` (the sandbox mount), so two checkouts share keys. With the non-sandboxed fallback backend the host root in the script is first rewritten to `/kraft`. |
-//! | `env`                  | the [`Toolchain`] id (hash of every toolchain program's bytes, the compiler's version / target / `-v` text) and whether the backend is hermetic (bwrap) | a compiler or binutils upgrade changes outputs without changing any input file. Fallback-backend outputs never mix with sandboxed ones. Computed once per build, through the stat cache. |
-//! | `inputs`               | for each known input in the graph's order: path and content hash (or "missing")                                                                            | sources, and other actions' outputs: a dependency that came out byte-identical leaves this action's key unchanged (early cutoff). |
-//! | `discovered`           | for each header the compiler reported in its depfile on the last run (only paths under `/kraft`; sorted): path and content hash                            | headers are found by the preprocessor, not declared. System headers (`/usr/...`) are covered by `env`. |
+//! (cargo's fingerprint table is the model.) `✓` = the input is hashed into
+//! that key; `stamp` = its stat stamp (size, mtime, ctime, inode) is
+//! compared, so any change falls through to the exact check; `—` = not in it.
+//! Each row has a test in `tests/keys.rs` that changes only that input.
 //!
-//! Two keys are derived (the two levels of ccache's manifest / Bazel's
-//! discovered inputs):
+//! | input                                                         | pre-key | action key | plan key | no-op snapshot |
+//! |---------------------------------------------------------------|:-------:|:----------:|:--------:|:--------------:|
+//! | key format ([`KEY_VERSION`], `PLAN_FORMAT`)                   | ✓       | ✓          | ✓        | ✓ ¹            |
+//! | action kind, script, cwd, declared outputs, depfile path      | ✓ ²     | ✓          | —        | ✓ ¹            |
+//! | content of each declared input (sources, deps' outputs)       | ✓ ³     | ✓          | —        | stamp          |
+//! | content of each header a depfile named under `/kraft`         | —       | ✓          | —        | stamp          |
+//! | content of each file outside `/kraft` a depfile names (host headers) | — | ✓ ⁴       | —        | stamp          |
+//! | content of each file outside `/kraft` a link command names    | ✓ ⁴     | ✓          | —        | stamp          |
+//! | commands' `PATH` (`KRAFT_SANDBOX_PATH`) and `CROSS_COMPILE`    | ✓ ⁵     | ✓          | ✓        | ✓ ¹            |
+//! | each link from a tool name to its program, and misses earlier in `PATH` | ✓ ⁵ | ✓   | ✓ (stamps) | ✓ ¹          |
+//! | toolchain programs' bytes (driver, cc1, as, ld, libgcc, binutils) and version text | ✓ ⁵ | ✓ | stamp ⁶ | stamp       |
+//! | sandbox environment (SOURCE_DATE_EPOCH, PATH, LC_ALL, TZ, HOME, passed vars) | ✓ | ✓ | ✓        | ✓ ¹            |
+//! | sandbox backend (`bwrap` / `none`)                            | ✓       | ✓          | ✓        | ✓ ¹            |
+//! | mount layout inside (`/kraft/libs/<name>`, app name, `L=` order) | ✓ ²  | ✓          | ✓        | ✓ ¹            |
+//! | mount map: host directory behind each mount (app, core, libs, build) | ⁷ | ⁷         | ⁷        | ✓ ⁸            |
+//! | target (plat/arch), kconfig, `CONFIG_UK_NAME`                  | ⁹       | ⁹          | ✓        | ✓ ¹            |
+//! | component identity (tree + recipe blake3, or build files)     | ⁹       | ⁹          | ✓        | ✓ ¹            |
+//! | origin archives (destination, content)                        | ⁹       | ⁹          | ✓        | ✓ ¹            |
+//! | make command line and vars (`HOSTUTC`, `UK_FULLVERSION`), unit rules | ⁹ | ⁹         | ✓        | ✓ ¹            |
+//! | every output of the last build, the installed image and `.dbg` | —      | —          | —        | stamp          |
 //!
-//! * the **pre-key** hashes `script`, `env` and `inputs`: everything known
-//!   before running. In the action cache it names a *manifest*: the lists of
-//!   header paths that runs with this pre-key discovered.
-//! * the **key** hashes the pre-key and `discovered`. In the action cache it
-//!   names the outputs. For actions without a depfile, `discovered` is empty.
+//! 1. The snapshot's key is the plan key plus the mount map's host digest, so
+//!    whatever the plan key holds, the snapshot holds.
+//! 2. Paths are inside paths (`/kraft/...`): two checkouts, stores or
+//!    workspaces share action keys. With the non-sandboxed backend the host
+//!    root in the script is first rewritten to `/kraft`.
+//! 3. By content, not by time: a dependency rewritten byte for byte the same
+//!    leaves its dependents' keys unchanged (early cutoff).
+//! 4. Host headers (`/usr/include`, gcc's own `include/`) for `linuxu` and
+//!    any host include, and host libraries on a link line: hashed through
+//!    the stat cache, so a no-op reads none of them.
+//! 5. One [`Toolchain`] id: the probe (run in the sandbox, remembered while
+//!    [`toolchain::resolve`]'s stat-only view is unchanged) reports how
+//!    each name resolved (every hop) and which programs the driver runs;
+//!    their bytes are hashed through the stat cache.
+//! 6. The plan key does not read programs (a no-op must not hash a 30 MB
+//!    `cc1`): it stats the resolution of make's tools and the target's
+//!    compiler and binutils, cross prefixes included. A touched compiler
+//!    re-plans; it does not re-run any action.
+//! 7. Every mount is at a fixed inside path, so under bwrap outputs do not
+//!    depend on where the sources live, and two checkouts share cached
+//!    objects and plans. With `none` (not hermetic, warned about) scripts
+//!    and depfiles are rewritten to inside paths and actions still share
+//!    keys across checkouts; only the plan key takes the host paths then,
+//!    since make's realpaths end up in the prepared build dir.
+//! 8. What trusts the target dir must know whose files it stamped: the
+//!    snapshot names host paths, and the build state's stat cache is keyed
+//!    by inside paths, so its entries under a mount now backed by another
+//!    directory are dropped (and those files hashed again).
+//! 9. Reach actions through what they read: the kconfig through the
+//!    generated `config.h` and `.config` (declared inputs or depfile
+//!    headers), components through their files, archives through the
+//!    sources unpacked from them, make's variables through the scripts.
 //!
-//! So a lookup on a fresh build dir takes the pre-key, reads the manifest, and
-//! for each header list computes the key with those headers' *current* hashes.
-//!
-//! What is not in the key: timestamps, the host path of the workspace or the
-//! store, environment variables (the sandbox clears them), and tools other than
-//! the toolchain that a `Script` action may run (python, sed: taken from the
-//! sandbox's read-only `/usr`). A header newly created earlier in the include
-//! path than the one last found is not noticed (as with ccache).
+//! Not in any key, on purpose (tests change each and expect no action to
+//! run): timestamps (a `touch` is re-hashed and found equal), the store's
+//! path (a new store re-plans into that store; no action runs), the target
+//! dir's and the workspace's host paths beyond the mount map, and the
+//! caller's environment variables other than `KRAFT_SANDBOX_PATH` and
+//! `KRAFT_SANDBOX` (the sandbox clears them). Still not covered: tools other
+//! than the toolchain that a `Script` action runs (python, sed) are known to
+//! the plan key only by their stamps, and a header newly created earlier in
+//! the include path than the one last found is not noticed (as with ccache).
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+pub mod depfile;
+pub mod dirty_reason;
+pub mod toolchain;
 
-use camino::{Utf8Path, Utf8PathBuf};
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use camino::Utf8PathBuf;
 
 use crate::plan::graph::Action;
-use crate::exec::state::StatCache;
+
+pub use depfile::{normalize, parse_depfile};
+pub use dirty_reason::DirtyReason;
+pub use toolchain::{Toolchain, ToolchainSpec};
 
 pub type Hash = blake3::Hash;
 
 /// Bump when anything about how keys are computed changes.
-pub const KEY_VERSION: &str = "kraft-xtask action key v1";
+pub const KEY_VERSION: &str = "kraft-xtask action key v2";
 
 /// Everything an action's outputs depend on, as hashes. See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +113,7 @@ pub struct Fingerprint {
     pub discovered: Vec<(Utf8PathBuf, Option<Hash>)>,
 }
 
-fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
+pub(crate) fn put(h: &mut blake3::Hasher, bytes: &[u8]) {
     h.update(&(bytes.len() as u64).to_le_bytes());
     h.update(bytes);
 }
@@ -98,12 +152,28 @@ pub fn script_hash(action: &Action, script: &str) -> Hash {
     h.finalize()
 }
 
-/// The `env` field: toolchain identity and backend hermeticity.
-pub fn env_hash(toolchain: &Toolchain, hermetic: bool) -> Hash {
+/// What the `env` field covers besides the toolchain: the sandbox backend
+/// and the commands' whole environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxIdentity {
+    /// `bwrap` or `none`.
+    pub backend: String,
+    /// The commands' environment (PATH, LC_ALL, TZ, HOME,
+    /// SOURCE_DATE_EPOCH, anything the caller passed), sorted by name.
+    pub env: Vec<(String, String)>,
+}
+
+/// The `env` field: toolchain identity and the sandbox's identity.
+pub fn env_hash(toolchain: &Toolchain, sandbox: &SandboxIdentity) -> Hash {
     let mut h = blake3::Hasher::new_derive_key(KEY_VERSION);
     put(&mut h, b"env");
     h.update(toolchain.id.as_bytes());
-    h.update(&[hermetic as u8]);
+    put(&mut h, sandbox.backend.as_bytes());
+    h.update(&(sandbox.env.len() as u64).to_le_bytes());
+    for (k, v) in &sandbox.env {
+        put(&mut h, k.as_bytes());
+        put(&mut h, v.as_bytes());
+    }
     h.finalize()
 }
 
@@ -191,356 +261,9 @@ fn hex(h: &Option<Hash>) -> Option<String> {
     h.map(|h| h.to_hex().to_string())
 }
 
-/// Why an action was not up to date. The value drives the decision (any
-/// reason means "bring it up to date": restore from the action cache or run)
-/// and the message (`explain`, verbose builds).
-///
-/// Hashes are hex; `None` means the file did not exist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "kebab-case")]
-pub enum DirtyReason {
-    /// No record of this action in this build directory.
-    NeverBuilt,
-    /// The command (script, cwd, declared outputs, depfile path) changed.
-    ScriptChanged,
-    /// The toolchain or the sandbox backend changed.
-    ToolchainChanged,
-    /// A known input's content changed.
-    InputChanged { path: Utf8PathBuf, old: Option<String>, new: Option<String> },
-    /// A header from the last depfile changed (or disappeared).
-    HeaderChanged { path: Utf8PathBuf, old: Option<String>, new: Option<String> },
-    /// The graph lists a new input.
-    InputAdded { path: Utf8PathBuf },
-    /// The graph no longer lists an input.
-    InputRemoved { path: Utf8PathBuf },
-    /// Same inputs, different order (matters to linkers).
-    InputsReordered,
-    /// An output recorded by the last build is gone.
-    OutputMissing { path: Utf8PathBuf },
-    /// An output was changed by something other than this action.
-    OutputModified { path: Utf8PathBuf, old: String, new: Option<String> },
-    /// The state's key does not match its fingerprint (key format changed).
-    KeyFormatChanged,
-}
-
-fn short(h: &Option<String>) -> &str {
-    match h {
-        Some(h) => &h[..h.len().min(12)],
-        None => "(missing)",
-    }
-}
-
-impl fmt::Display for DirtyReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DirtyReason::NeverBuilt => write!(f, "never built in this build directory"),
-            DirtyReason::ScriptChanged => write!(f, "the command changed"),
-            DirtyReason::ToolchainChanged => write!(f, "the toolchain changed"),
-            DirtyReason::InputChanged { path, old, new } => {
-                write!(f, "input {path} changed ({} -> {})", short(old), short(new))
-            }
-            DirtyReason::HeaderChanged { path, old, new } => {
-                write!(f, "header {path} changed ({} -> {})", short(old), short(new))
-            }
-            DirtyReason::InputAdded { path } => write!(f, "new input {path}"),
-            DirtyReason::InputRemoved { path } => write!(f, "input {path} no longer used"),
-            DirtyReason::InputsReordered => write!(f, "inputs reordered"),
-            DirtyReason::OutputMissing { path } => write!(f, "output {path} is missing"),
-            DirtyReason::OutputModified { path, old, new } => {
-                write!(f, "output {path} was modified ({} -> {})", short(&Some(old.clone())), short(new))
-            }
-            DirtyReason::KeyFormatChanged => write!(f, "the key format changed"),
-        }
-    }
-}
-
-// ---------------------------------------------------------------- toolchain
-
-/// Which toolchain to identify. `cross_compile` is Unikraft's `CROSS_COMPILE`
-/// prefix (`x86_64-linux-gnu-`, or empty).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolchainSpec {
-    pub cross_compile: String,
-    /// The compiler driver (without prefix): `gcc`.
-    pub cc: String,
-    /// Programs the driver runs, resolved with `-print-prog-name=`.
-    pub driver_programs: Vec<String>,
-    /// Other tools Unikraft's rules call directly (with prefix).
-    pub tools: Vec<String>,
-}
-
-impl Default for ToolchainSpec {
-    fn default() -> Self {
-        ToolchainSpec {
-            cross_compile: String::new(),
-            cc: "gcc".into(),
-            driver_programs: ["cc1", "cc1plus", "collect2", "lto-wrapper", "as", "ld"].map(String::from).to_vec(),
-            tools: ["ld", "as", "objcopy", "ar", "nm", "strip"].map(String::from).to_vec(),
-        }
-    }
-}
-
-/// The identity of the toolchain for one build.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Toolchain {
-    /// Component name (`gcc`, `cc1`, `version`, ...) → hash of its bytes.
-    pub components: BTreeMap<String, Hash>,
-    pub id: Hash,
-}
-
-impl Toolchain {
-    pub fn from_components(components: BTreeMap<String, Hash>) -> Toolchain {
-        let mut h = blake3::Hasher::new_derive_key(KEY_VERSION);
-        put(&mut h, b"toolchain");
-        for (k, v) in &components {
-            put(&mut h, k.as_bytes());
-            h.update(v.as_bytes());
-        }
-        Toolchain { components, id: h.finalize() }
-    }
-
-    /// The bash script that reports the toolchain, run in the sandbox.
-    /// Output: `prog<TAB>name<TAB>path` lines, then `text<TAB>...` lines.
-    pub fn probe_script(spec: &ToolchainSpec) -> String {
-        let cc = format!("{}{}", spec.cross_compile, spec.cc);
-        let q = |s: &str| crate::util::shell::quote(s);
-        let mut s = String::from("export LC_ALL=C\n");
-        s.push_str("r() { p=$(command -v \"$2\" 2>/dev/null) && p=$(readlink -f \"$p\") && printf 'prog\\t%s\\t%s\\n' \"$1\" \"$p\"; true; }\n");
-        s.push_str(&format!("r {} {}\n", q(&spec.cc), q(&cc)));
-        for p in &spec.driver_programs {
-            // Prints an absolute path, or the bare name when it is not found
-            // next to the driver (then PATH decides, as it does for gcc).
-            s.push_str(&format!("r {} \"$({} -print-prog-name={} 2>/dev/null)\"\n", q(&format!("{}:{p}", spec.cc)), q(&cc), q(p)));
-        }
-        s.push_str(&format!("x=$({} -print-libgcc-file-name 2>/dev/null); [ -f \"$x\" ] && printf 'prog\\tlibgcc\\t%s\\n' \"$(readlink -f \"$x\")\"\n", q(&cc)));
-        for t in &spec.tools {
-            s.push_str(&format!("r {} {}\n", q(t), q(&format!("{}{t}", spec.cross_compile))));
-        }
-        s.push_str(&format!(
-            "{{ {cc} -dumpfullversion; {cc} -dumpmachine; {cc} -v; }} 2>&1 | sed 's/^/text\\t/'\ntrue\n",
-            cc = q(&cc)
-        ));
-        s
-    }
-
-    /// Build the identity from the probe script's output, hashing each
-    /// program through the stat cache (keyed by its absolute path).
-    pub fn from_probe(output: &str, stats: &StatCache) -> anyhow::Result<Toolchain> {
-        let mut components = BTreeMap::new();
-        let mut text = blake3::Hasher::new();
-        for line in output.lines() {
-            let mut parts = line.splitn(3, '\t');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("prog"), Some(name), Some(path)) => {
-                    let path = Utf8Path::new(path);
-                    let hash = match stats.hash(path.as_str(), path) {
-                        Ok(Some(h)) => h,
-                        // Not visible on the host at the same path: identify by name.
-                        _ => blake3::hash(format!("unhashable:{path}").as_bytes()),
-                    };
-                    components.insert(name.to_owned(), hash);
-                }
-                (Some("text"), rest, more) => {
-                    text.update(rest.unwrap_or("").as_bytes());
-                    text.update(more.unwrap_or("").as_bytes());
-                    text.update(b"\n");
-                }
-                _ => {}
-            }
-        }
-        components.insert("version".into(), text.finalize());
-        Ok(Toolchain::from_components(components))
-    }
-}
-
-// ---------------------------------------------------------------- depfiles
-
-/// The prerequisites named in a make-syntax depfile, in order, deduplicated.
-///
-/// Handles what gcc writes (`-MD`, `-MP` phony rules, `\`-newline
-/// continuations, `\ ` for spaces, `\#`, `$$`) and Kbuild/Unikraft `fixdep`
-/// output (`source_x := file`, `deps_x := \` lists, `$(wildcard ...)` ignored).
-pub fn parse_depfile(text: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for line in logical_lines(text) {
-        let tokens = tokenize(&line);
-        let Some(sep) = tokens.iter().position(|t| t.sep.is_some()) else { continue };
-        let sep_tok = &tokens[sep];
-        let is_assign = sep_tok.sep == Some(Sep::Assign);
-        if is_assign {
-            let var = tokens[..=sep].first().map(|t| t.text.as_str()).unwrap_or("");
-            if !(var.starts_with("deps_") || var.starts_with("source_")) {
-                continue;
-            }
-        }
-        let mut rest: Vec<&Token> = Vec::new();
-        if !sep_tok.after.is_empty() {
-            // `target:dep` written without a space.
-            rest.push(sep_tok);
-        }
-        rest.extend(tokens[sep + 1..].iter());
-        let mut depth = 0i32;
-        for t in rest {
-            let word = if t.sep.is_some() { t.after.as_str() } else { t.text.as_str() };
-            if word.contains("$(") || depth > 0 {
-                depth += word.matches("$(").count() as i32 - word.matches(')').count() as i32;
-                depth = depth.max(0);
-                continue;
-            }
-            if word.is_empty() {
-                continue;
-            }
-            if seen.insert(word.to_owned()) {
-                out.push(word.to_owned());
-            }
-        }
-    }
-    out
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sep {
-    Rule,
-    Assign,
-}
-
-#[derive(Debug)]
-struct Token {
-    text: String,
-    /// This token contains the rule's `:` (or `:=`); `text` is before it.
-    sep: Option<Sep>,
-    /// Text after the separator within the same token.
-    after: String,
-}
-
-/// Join `\`-newline continuations and drop comments.
-fn logical_lines(text: &str) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut cur = String::new();
-    let mut chars = text.chars().peekable();
-    let mut in_comment = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if matches!(chars.peek(), Some('\n')) => {
-                chars.next();
-                cur.push(' ');
-            }
-            '\\' if matches!(chars.peek(), Some('\r')) => {
-                chars.next();
-                if matches!(chars.peek(), Some('\n')) {
-                    chars.next();
-                }
-                cur.push(' ');
-            }
-            '\\' => {
-                if !in_comment {
-                    cur.push('\\');
-                    if let Some(n) = chars.next() {
-                        cur.push(n);
-                    }
-                }
-            }
-            '\n' => {
-                in_comment = false;
-                lines.push(std::mem::take(&mut cur));
-            }
-            '#' => in_comment = true,
-            _ if in_comment => {}
-            _ => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        lines.push(cur);
-    }
-    lines
-}
-
-fn tokenize(line: &str) -> Vec<Token> {
-    let mut tokens = Vec::new();
-    let mut text = String::new();
-    let mut after = String::new();
-    let mut sep: Option<Sep> = None;
-    let mut seen_sep = false;
-    let mut chars = line.chars().peekable();
-    let flush = |tokens: &mut Vec<Token>, text: &mut String, after: &mut String, sep: &mut Option<Sep>| {
-        if !text.is_empty() || sep.is_some() || !after.is_empty() {
-            tokens.push(Token { text: std::mem::take(text), sep: sep.take(), after: std::mem::take(after) });
-        }
-    };
-    while let Some(c) = chars.next() {
-        let buf = if sep.is_some() { &mut after } else { &mut text };
-        match c {
-            '\\' => match chars.next() {
-                Some(n @ (' ' | '#' | ':' | '\\' | '\t')) => buf.push(n),
-                Some(n) => {
-                    buf.push('\\');
-                    buf.push(n);
-                }
-                None => buf.push('\\'),
-            },
-            '$' if matches!(chars.peek(), Some('$')) => {
-                chars.next();
-                buf.push('$');
-            }
-            ' ' | '\t' | '\r' => flush(&mut tokens, &mut text, &mut after, &mut sep),
-            ':' if !seen_sep && sep.is_none() => {
-                seen_sep = true;
-                if matches!(chars.peek(), Some('=')) {
-                    chars.next();
-                    sep = Some(Sep::Assign);
-                } else {
-                    if matches!(chars.peek(), Some(':')) {
-                        chars.next();
-                    }
-                    sep = Some(Sep::Rule);
-                }
-            }
-            _ => buf.push(c),
-        }
-    }
-    flush(&mut tokens, &mut text, &mut after, &mut sep);
-    tokens
-}
-
-/// Lexically normalize an absolute path (`.` and `..` components).
-pub fn normalize(path: &Utf8Path) -> Utf8PathBuf {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.as_str().split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    Utf8PathBuf::from(format!("/{}", parts.join("/")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gcc_depfile() {
-        let d = "build/a.o: src/a.c include/common.h \\\n /usr/include/stdio.h include/with\\ space.h \\\n  include/$$dollar.h\n\ninclude/common.h:\n";
-        assert_eq!(
-            parse_depfile(d),
-            vec!["src/a.c", "include/common.h", "/usr/include/stdio.h", "include/with space.h", "include/$dollar.h"]
-        );
-    }
-
-    #[test]
-    fn fixdep_output() {
-        let d = "cmd_a.o := gcc -c a.c\n\nsource_a.o := /kraft/a.c\n\ndeps_a.o := \\\n  /kraft/a.h \\\n    $(wildcard include/config/foo.h) \\\n  /kraft/b.h \\\n\na.o: $(deps_a.o)\n\n$(deps_a.o):\n";
-        assert_eq!(parse_depfile(d), vec!["/kraft/a.c", "/kraft/a.h", "/kraft/b.h"]);
-    }
-
-    #[test]
-    fn normalizes() {
-        assert_eq!(normalize(Utf8Path::new("/kraft/build/../inc/./x.h")), "/kraft/inc/x.h");
-    }
 
     #[test]
     fn compare_reports_first_change() {
@@ -559,3 +282,4 @@ mod tests {
         assert_eq!(a.prekey(), b.prekey());
     }
 }
+

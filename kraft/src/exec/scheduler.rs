@@ -1,0 +1,315 @@
+//! The scheduler: runs a [`Graph`]'s actions on `-j` workers in dependency
+//! order (ready actions in graph order, which is make's), collects counters
+//! per unit, and saves the build state whatever happens.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::fs;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::cache::local::ActionCache;
+use crate::exec::action::{Done, Failure, Shared};
+use crate::exec::fingerprint::toolchain::probe_memo;
+use crate::exec::fingerprint::{env_hash, DirtyReason, Toolchain, ToolchainSpec};
+use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, StatCache};
+use crate::exec::{ActionFailed, BuildReport, Event, ExecContext, Runner, UnitReport};
+use crate::plan::graph::{ActionId, Graph};
+
+/// Identify the toolchain (once per build), through the stat cache.
+fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, memo: &Utf8Path) -> Toolchain {
+    let script = Toolchain::probe_script(spec);
+    let text = match probe_memo::load(memo, spec, &script) {
+        Some(text) => text,
+        None => {
+            let text = match runner.run(&script, cwd) {
+                Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+                Err(e) => format!("text\tprobe failed: {e}"),
+            };
+            probe_memo::save(memo, spec, &script, &text);
+            text
+        }
+    };
+    Toolchain::from_probe(spec, &text, &|path| stats.hash(path.as_str(), path).ok().flatten())
+}
+
+/// Run `graph`; see the module docs.
+///
+/// On an action failure the error is an [`ActionFailed`] (downcast it to get
+/// the details and the partial report); other errors are I/O problems of the
+/// engine itself (state file, store).
+pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildReport> {
+    let start = Instant::now();
+    let started_ns = crate::exec::state::now_ns();
+    let _lock = lock_build_dir(&ctx.state_path)?;
+    let mounts = ctx.runner.mounts();
+    let hosts = mounts.listing();
+    let BuildState { actions: mut records, stats, last_build: _, toolchain: old_toolchain, mounts: old_hosts } =
+        BuildState::load(&ctx.state_path);
+    // The stat cache is keyed by inside paths: its stamps are those of the
+    // files behind the last build's mounts. Under a mount now backed by
+    // another directory (another checkout, another store) they must not be
+    // trusted (inodes repeat across file systems): those entries go; the
+    // records stay, and contents decide.
+    stats.forget_under(&mounts.moved_since(&old_hosts));
+
+    let total = graph.actions.len();
+    (ctx.events)(&Event::Planned { total });
+    let identity = ctx.runner.identity();
+    let mut spec = ctx.toolchain.clone();
+    if let Some((_, path)) = identity.env.iter().rev().find(|(k, _)| k == "PATH") {
+        spec.path = path.clone();
+    }
+    let toolchain = match graph.actions.first() {
+        Some(first) => {
+            let memo = ctx.state_path.with_file_name(format!("{}.toolchain", ctx.state_path.file_name().unwrap_or("state")));
+            probe_toolchain(ctx.runner, &spec, &first.cwd, &stats, &memo)
+        }
+        None => Toolchain::from_components(Default::default()),
+    };
+    let remote = ctx.remote.map(|r| Arc::new(r.start()));
+    let shared = Shared {
+        runner: ctx.runner,
+        mounts,
+        cache: ActionCache::new(ctx.store).with_remote(remote.clone()),
+        stats: &stats,
+        env: env_hash(&toolchain, &identity),
+    };
+
+    // Dependency counts (deduplicated edges).
+    let mut waiting: Vec<usize> = vec![0; total];
+    let mut dependents: Vec<Vec<ActionId>> = vec![Vec::new(); total];
+    for action in &graph.actions {
+        let deps: BTreeSet<ActionId> = action.deps.iter().copied().filter(|d| d.0 < total && *d != action.id).collect();
+        waiting[action.id.0] = deps.len();
+        for d in deps {
+            dependents[d.0].push(action.id);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..total).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+
+    let unit_order = graph.units();
+    let unit_index: HashMap<&str, usize> = unit_order.iter().enumerate().map(|(i, (u, _))| (u.as_str(), i)).collect();
+    let mut report = BuildReport {
+        total,
+        units: unit_order
+            .iter()
+            .map(|(u, ids)| UnitReport { unit: u.clone(), total: ids.len(), ..Default::default() })
+            .collect(),
+        ..Default::default()
+    };
+    let mut unit_span: Vec<Option<(Instant, Instant)>> = vec![None; report.units.len()];
+    let mut log: Vec<LogEntry> = Vec::new();
+    let mut failure: Option<ActionFailed> = None;
+    let mut done = 0usize;
+    let jobs = ctx.jobs.max(1);
+
+    type Job<'r> = (usize, Option<&'r ActionRecord>);
+    type JobResult = (usize, Result<Done, Failure>, Option<DirtyReason>, Instant, Duration);
+
+    let records_snapshot = records.clone();
+    let (job_tx, job_rx) = mpsc::channel::<Job<'_>>();
+    let (res_tx, res_rx) = mpsc::channel::<JobResult>();
+    let job_rx = Mutex::new(job_rx);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(total.max(1)) {
+            let res_tx = res_tx.clone();
+            let job_rx = &job_rx;
+            let shared = &shared;
+            let events = ctx.events;
+            scope.spawn(move || loop {
+                let job = job_rx.lock().unwrap().recv();
+                let Ok((i, old)) = job else { break };
+                let action = &graph.actions[i];
+                let began = Instant::now();
+                let why: std::cell::RefCell<Option<DirtyReason>> = Default::default();
+                let announce = |reason: &DirtyReason| {
+                    *why.borrow_mut() = Some(reason.clone());
+                    events(&Event::Started { action, reason });
+                };
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.process(action, old, &announce)
+                }))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error: panicked").into()));
+                if res_tx.send((i, result, why.into_inner(), began, began.elapsed())).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(res_tx);
+
+        let mut running = 0usize;
+        loop {
+            while failure.is_none() && running < jobs {
+                let Some(Reverse(i)) = ready.pop() else { break };
+                let name = &graph.actions[i].name;
+                job_tx.send((i, records_snapshot.get(name))).expect("workers alive");
+                running += 1;
+            }
+            if running == 0 {
+                break;
+            }
+            let (i, result, why, began, duration) = res_rx.recv().expect("workers alive");
+            running -= 1;
+            done += 1;
+            let action = &graph.actions[i];
+            let u = unit_index[action.unit.as_str()];
+            match result {
+                Ok(Done::Fresh) => {
+                    report.up_to_date += 1;
+                    report.units[u].fresh += 1;
+                    (ctx.events)(&Event::Finished {
+                        action,
+                        outcome: None,
+                        reason: None,
+                        duration,
+                        stdout: "",
+                        stderr: "",
+                        done,
+                        total,
+                    });
+                }
+                Ok(Done::Finished { record, outcome, reason, stdout, stderr }) => {
+                    let unit = &mut report.units[u];
+                    match outcome {
+                        Outcome::Ran => {
+                            report.run += 1;
+                            unit.built += 1;
+                        }
+                        _ => {
+                            report.restored += 1;
+                            unit.cached += 1;
+                        }
+                    }
+                    unit.busy += duration;
+                    let end = began + duration;
+                    let span = unit_span[u].get_or_insert((began, end));
+                    span.0 = span.0.min(began);
+                    span.1 = span.1.max(end);
+                    (ctx.events)(&Event::Finished {
+                        action,
+                        outcome: Some(outcome),
+                        reason: Some(&reason),
+                        duration,
+                        stdout: &stdout,
+                        stderr: &stderr,
+                        done,
+                        total,
+                    });
+                    log.push(LogEntry {
+                        name: action.name.clone(),
+                        unit: action.unit.clone(),
+                        outcome,
+                        reason,
+                        duration_ms: duration.as_millis() as u64,
+                    });
+                    records.insert(action.name.clone(), *record);
+                }
+                Err(f) => {
+                    // Nothing half-written stays: delete its outputs, forget its record.
+                    for out in action.outputs.iter().chain(action.depfile.iter()) {
+                        if let Some(host) = mounts.to_host(out) {
+                            let _ = fs::remove_file(host);
+                        }
+                    }
+                    records.remove(&action.name);
+                    let reason = why.unwrap_or(DirtyReason::NeverBuilt);
+                    log.push(LogEntry {
+                        name: action.name.clone(),
+                        unit: action.unit.clone(),
+                        outcome: Outcome::Failed,
+                        reason,
+                        duration_ms: duration.as_millis() as u64,
+                    });
+                    let err = ActionFailed {
+                        name: action.name.clone(),
+                        unit: action.unit.clone(),
+                        cwd: action.cwd.clone(),
+                        command: action.script.clone(),
+                        status: f.status,
+                        stdout: f.stdout,
+                        stderr: f.stderr,
+                        message: f.message,
+                        report: BuildReport::default(),
+                    };
+                    (ctx.events)(&Event::Failed { action, error: &err });
+                    if failure.is_none() {
+                        failure = Some(err);
+                    }
+                    continue;
+                }
+            }
+            for &d in &dependents[i] {
+                waiting[d.0] -= 1;
+                if waiting[d.0] == 0 {
+                    ready.push(Reverse(d.0));
+                }
+            }
+        }
+        drop(job_tx);
+    });
+
+    for (u, span) in unit_span.iter().enumerate() {
+        if let Some((a, b)) = span {
+            report.units[u].wall = *b - *a;
+        }
+    }
+    let cycle = failure.is_none() && done < total;
+    if let Some(remote) = &remote {
+        let stats = remote.finish();
+        report.remote_hits = stats.hits;
+        report.remote_uploads = stats.uploads;
+        report.remote_warnings = stats.warnings;
+    }
+
+    // Forget actions no longer in the graph? No: keep them (switching
+    // configurations back and forth stays cheap); they cost only state size.
+    let to_host = |key: &str| {
+        let p = Utf8Path::new(key);
+        mounts.file_for(p).unwrap_or_else(|| p.to_owned())
+    };
+    stats.settle(&to_host);
+    report.files_hashed = stats.files_hashed();
+    report.watched = stats.used_keys().iter().map(|key| to_host(key)).collect();
+    report.duration = start.elapsed();
+    // A build that did nothing changes nothing worth writing: the records are
+    // the old ones and no file was hashed. Skipping the save keeps a no-op
+    // build read-only (and `explain` on the last build that did work).
+    let did_nothing = report.run == 0
+        && report.restored == 0
+        && report.files_hashed == 0
+        && failure.is_none()
+        && !cycle
+        && old_toolchain == toolchain.components
+        && old_hosts == hosts;
+    if !did_nothing {
+        let state = BuildState {
+            actions: records,
+            stats,
+            last_build: LastBuild { started_ns, succeeded: failure.is_none() && !cycle, entries: log },
+            toolchain: toolchain.components.clone(),
+            mounts: hosts,
+        };
+        state.save(&ctx.state_path)?;
+    }
+
+    if let Some(mut f) = failure {
+        f.report = report;
+        return Err(f.into());
+    }
+    if cycle {
+        anyhow::bail!("dependency cycle: {} of {total} actions could not be scheduled", total - done);
+    }
+    Ok(report)
+}
+
+/// One build at a time per build dir: a second one waits (see
+/// [`crate::exec::lock`]).
+fn lock_build_dir(state_path: &Utf8Path) -> anyhow::Result<fs::File> {
+    let lock_path = Utf8PathBuf::from(format!("{state_path}.lock"));
+    let dir = state_path.parent().unwrap_or(Utf8Path::new("."));
+    crate::exec::lock::wait_for(&lock_path, dir)
+}
