@@ -8,6 +8,7 @@ use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
 
 use crate::exec::sandbox::Sandbox;
+use crate::plan::fetches::PlacedOrigin;
 use crate::plan::graph::Graph;
 use crate::plan::PLAN_FORMAT;
 
@@ -73,6 +74,9 @@ pub(crate) struct CachedPlan {
     format: u32,
     warnings: Vec<String>,
     graph: Graph,
+    /// The origin archives planning placed (checked against the lock on a hit).
+    #[serde(default)]
+    origins: Vec<PlacedOrigin>,
 }
 
 /// Cache entry layout: `<cache>/<key>/plan.json` and `<cache>/<key>/prepared/`.
@@ -85,13 +89,26 @@ pub(crate) fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>
     }
 }
 
+/// The origin archives a cached plan placed (none for an unreadable entry).
+pub(crate) fn load_cached_origins(entry: &Utf8Path) -> Vec<PlacedOrigin> {
+    std::fs::read_to_string(entry.join("plan.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<CachedPlan>(&text).ok())
+        .map(|c| c.origins)
+        .unwrap_or_default()
+}
+
 pub(crate) fn store_cached(entry: &Utf8Path, graph: &Graph, warnings: &[String], build: &Utf8Path) -> Result<()> {
+    store_cached_with(entry, graph, warnings, build, &[])
+}
+
+pub(crate) fn store_cached_with(entry: &Utf8Path, graph: &Graph, warnings: &[String], build: &Utf8Path, origins: &[PlacedOrigin]) -> Result<()> {
     let parent = entry.parent().unwrap();
     std::fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new().prefix(".plan-").tempdir_in(parent)?;
     let tmp_path = Utf8Path::from_path(tmp.path()).unwrap();
     crate::util::fs::copy_tree(build, &tmp_path.join("prepared"))?;
-    let cached = CachedPlan { format: PLAN_FORMAT, warnings: warnings.to_vec(), graph: graph.clone() };
+    let cached = CachedPlan { format: PLAN_FORMAT, warnings: warnings.to_vec(), graph: graph.clone(), origins: origins.to_vec() };
     std::fs::write(tmp_path.join("plan.json"), serde_json::to_vec(&cached)?)?;
     let tmp_path = tmp.keep();
     if entry.exists() {

@@ -31,20 +31,29 @@ pub(crate) fn build_graph(raws: Vec<Raw>, sandbox: &Sandbox, rules: &[UnitRule])
         let mut outputs = an.outputs.clone();
         // The .cmd's target; a relative .cmd name may stand for a deeper
         // file (`provided_syscalls.in.new.cmd` → `libsyscall_shim/...`).
+        let mut rewrites_only: Option<Vec<Utf8PathBuf>> = None;
         if let Some(target) = &raw.cmd_target {
             let rel = target.strip_prefix(&build).map(|r| r.as_str().to_string()).unwrap_or_default();
             let deeper = an.outputs.iter().chain(an.paths.iter()).find(|p| {
                 !rel.is_empty() && (p.as_path() == target.as_path() || p.as_str().ends_with(&format!("/{rel}")))
             });
-            let primary = deeper.cloned().unwrap_or_else(|| target.clone());
-            outputs.retain(|o| *o != primary);
-            outputs.insert(0, primary);
+            rewrites_only = in_place_rule(target, deeper.is_some(), &an.in_place, &producers);
+            if rewrites_only.is_none() {
+                let primary = deeper.cloned().unwrap_or_else(|| target.clone());
+                outputs.retain(|o| *o != primary);
+                outputs.insert(0, primary);
+            }
         }
         // Files modified in place by objcopy/scripts: outputs if an earlier
         // action produced them (the image that multiboot.py patches).
-        for p in &an.in_place {
-            if producers.contains_key(p) && !outputs.contains(p) {
-                outputs.push(p.clone());
+        match &rewrites_only {
+            Some(rewritten) => outputs.extend(rewritten.iter().cloned()),
+            None => {
+                for p in &an.in_place {
+                    if producers.contains_key(p) && !outputs.contains(p) {
+                        outputs.push(p.clone());
+                    }
+                }
             }
         }
         dedup(&mut outputs);
@@ -149,6 +158,35 @@ pub(crate) fn build_graph(raws: Vec<Raw>, sandbox: &Sandbox, rules: &[UnitRule])
         }
     }
     merge_in_place(Graph { actions })
+}
+
+/// A `.cmd` rule whose command never names its own target and only rewrites
+/// files earlier actions produced writes no target file at all. Unikraft's
+/// arm64 image rules are like that: `<image>.bin` runs `objcopy -O binary
+/// <image>` and `<image>.img` runs `mklinux.py <image> <dbg>`, both rewriting
+/// the image in place (make's build dir holds no `.bin` afterwards). The
+/// action's output is then the rewritten file, the target minus its
+/// extension when the command names several (`mklinux.py` only reads the
+/// `.dbg`), so [`merge_in_place`] folds it into the image's producer as the
+/// x86_64 image steps are.
+fn in_place_rule(
+    target: &Utf8Path,
+    target_named: bool,
+    in_place: &[Utf8PathBuf],
+    producers: &HashMap<Utf8PathBuf, ActionId>,
+) -> Option<Vec<Utf8PathBuf>> {
+    if target_named {
+        return None;
+    }
+    let rewritten: Vec<Utf8PathBuf> = in_place.iter().filter(|p| producers.contains_key(*p)).cloned().collect();
+    if rewritten.is_empty() {
+        return None;
+    }
+    let stem = target.with_extension("");
+    if rewritten.contains(&stem) {
+        return Some(vec![stem]);
+    }
+    Some(rewritten)
 }
 
 /// Fold steps that rewrite another action's output in place (Unikraft's

@@ -33,6 +33,7 @@
 pub mod cache;
 pub mod command;
 pub mod edges;
+pub mod fetches;
 pub mod graph;
 pub mod make_n;
 pub mod mounts;
@@ -53,6 +54,7 @@ use crate::plan::graph::Graph;
 pub use crate::plan::cache::fingerprint_build_files;
 pub(crate) use crate::plan::cache::{clear_dir, load_cached, read_marker, store_cached, tool_versions, write_marker};
 pub use crate::plan::edges::merge_in_place;
+pub use crate::plan::fetches::{OriginFetch, OriginProvider, PlacedOrigin};
 pub use crate::plan::make_n::parse_make_n;
 pub use crate::plan::mounts::{inside_app, inside_build, inside_core, inside_lib};
 pub use crate::plan::target::Target;
@@ -114,6 +116,10 @@ impl PlanInput {
             inside_build(),
             inside_build()
         );
+        // A foreign architecture builds with the cross toolchain, as kraftkit does.
+        if let Some(prefix) = self.target.cross_compile() {
+            command.push_str(&format!(" CROSS_COMPILE={prefix}"));
+        }
         for (name, value) in &self.make_vars {
             command.push_str(&format!(" {name}={}", crate::util::shell::quote(value)));
         }
@@ -155,13 +161,21 @@ pub struct Plan {
 /// the [`plan_key`] is unchanged. On return the build dir is in the prepared
 /// state either way.
 pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
+    plan_with(input, cache_dir, None)
+}
+
+/// [`plan`], learning the origin archives the configuration downloads from
+/// make (see [`fetches`]) and getting each from `origins` before `make
+/// fetch` runs. Without a provider, only `input.origins` are placed.
+pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Option<&dyn OriginProvider>) -> Result<Plan> {
     let start = Instant::now();
     std::fs::create_dir_all(&input.build).with_context(|| format!("creating build dir {}", input.build))?;
     let sandbox = Sandbox::new(input.mounts(), input.env.clone())?;
     let key = plan_key(input, &sandbox)?;
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
-        if let Some((graph, warnings)) = load_cached(entry)? {
+        let pinned = |placed: &[PlacedOrigin]| origins.is_none_or(|o| placed.iter().all(|p| o.still_pinned(p)));
+        if let Some((graph, warnings)) = load_cached(entry)?.filter(|_| pinned(&cache::load_cached_origins(entry))) {
             // A build dir already prepared for this very plan is left as it
             // is: that is what makes a no-op build cost nothing.
             if read_marker(&input.build).as_deref() != Some(key.as_str()) {
@@ -173,16 +187,94 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
         }
     }
 
-    // A fresh build dir: `make -n` only prints what is out of date.
-    clear_dir(&input.build)?;
+    let make = input.make_command();
+    let build = inside_build();
+    let mut make_runs = 0;
+    let mut run_make = |args: &str| -> Result<std::process::Output> {
+        make_runs += 1;
+        sandbox.run(&format!("{make} {args}"), &build)
+    };
+    let failed = |args: &str, out: &std::process::Output| -> anyhow::Error {
+        anyhow::anyhow!(
+            "`make {args}` failed in the {} sandbox ({}):\n{}{}",
+            sandbox.backend(),
+            out.status,
+            crate::util::text::tail(&String::from_utf8_lossy(&out.stdout), 20),
+            crate::util::text::tail(&String::from_utf8_lossy(&out.stderr), 40)
+        )
+    };
+    // Each round starts from a fresh build dir (`make -n` only prints what
+    // is out of date); a round ends early when make asked for an archive the
+    // lock does not pin yet, which the provider then gets.
+    let mut round = 0;
+    let (warnings, placed) = loop {
+        round += 1;
+        clear_dir(&input.build)?;
+        place_origins(input)?;
+        write_defconfig(input)?;
+        let args = format!("defconfig UK_DEFCONFIG={build}/kraft.defconfig");
+        let out = run_make(&args)?;
+        if !out.status.success() {
+            return Err(failed(&args, &out));
+        }
+        let config = std::fs::read_to_string(input.build.join(".config")).context("make defconfig wrote no .config")?;
+        let warnings = check_config(&config, &input.defconfig());
+        let Some(origins) = origins else {
+            let out = run_make("fetch prepare")?;
+            if !out.status.success() {
+                return Err(failed("fetch prepare", &out));
+            }
+            break (warnings, Vec::new());
+        };
+        let staged = origins.staged()?;
+        let wget = fetches::stage(&input.build, &build, &staged)?;
+        // `-k`: every library's download is tried (and recorded) in one round.
+        let args = format!("-k fetch prepare WGET={wget}");
+        let out = run_make(&args)?;
+        let (placed, missing) = fetches::collect(&input.build, &build, &staged)?;
+        if missing.is_empty() {
+            if !out.status.success() {
+                return Err(failed(&args, &out));
+            }
+            break (warnings, placed);
+        }
+        if round >= 3 {
+            let names: Vec<String> = missing.iter().map(|m| m.urls.join(" or ")).collect();
+            bail!("make still asks for {} after the lock pinned it; is its URL built from something that changes between runs?", names.join(", "));
+        }
+        for fetch in &missing {
+            origins.provide(fetch)?;
+        }
+    };
+    let out = run_make("-n all")?;
+    if !out.status.success() {
+        return Err(failed("-n all", &out));
+    }
+    let printed = sandbox.rewrite_to_inside(&String::from_utf8_lossy(&out.stdout));
+    let graph = parse_make_n(&printed, &sandbox, &input.unit_rules)?;
+
+    if let Some(entry) = &entry {
+        cache::store_cached_with(entry, &graph, &warnings, &input.build, &placed)?;
+    }
+    write_marker(&input.build, &key)?;
+    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
+}
+
+/// Copies `input.origins` (archives a recipe places) into the build dir.
+fn place_origins(input: &PlanInput) -> Result<()> {
     for (host, rel) in &input.origins {
         if rel.is_absolute() || rel.components().any(|c| c.as_str() == "..") {
             bail!("origin archive destination {rel} must be relative to the build dir, without `..`");
         }
         let dest = input.build.join(rel);
-        std::fs::create_dir_all(dest.parent().unwrap())?;
+        std::fs::create_dir_all(dest.parent().unwrap()).with_context(|| format!("creating {}", dest.parent().unwrap()))?;
         std::fs::copy(host, &dest).with_context(|| format!("placing origin archive {host} at {dest}"))?;
     }
+    Ok(())
+}
+
+/// `<build>/kraft.defconfig`: what `make defconfig UK_DEFCONFIG=` reads.
+fn write_defconfig(input: &PlanInput) -> Result<()> {
     let mut defconfig = String::new();
     for (k, v) in input.defconfig() {
         if v == "n" {
@@ -191,37 +283,8 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
             writeln!(defconfig, "{k}={v}").unwrap();
         }
     }
-    std::fs::write(input.build.join("kraft.defconfig"), &defconfig)?;
-
-    let make = input.make_command();
-    let build = inside_build();
-    let mut make_runs = 0;
-    let mut run_make = |args: &str| -> Result<String> {
-        make_runs += 1;
-        let out = sandbox.run(&format!("{make} {args}"), &build)?;
-        if !out.status.success() {
-            bail!(
-                "`make {args}` failed in the {} sandbox ({}):\n{}{}",
-                sandbox.backend(),
-                out.status,
-                crate::util::text::tail(&String::from_utf8_lossy(&out.stdout), 20),
-                crate::util::text::tail(&String::from_utf8_lossy(&out.stderr), 40)
-            );
-        }
-        Ok(sandbox.rewrite_to_inside(&String::from_utf8_lossy(&out.stdout)))
-    };
-    run_make(&format!("defconfig UK_DEFCONFIG={build}/kraft.defconfig"))?;
-    let config = std::fs::read_to_string(input.build.join(".config")).context("make defconfig wrote no .config")?;
-    let warnings = check_config(&config, &input.defconfig());
-    run_make("fetch prepare")?;
-    let printed = run_make("-n all")?;
-    let graph = parse_make_n(&printed, &sandbox, &input.unit_rules)?;
-
-    if let Some(entry) = &entry {
-        store_cached(entry, &graph, &warnings, &input.build)?;
-    }
-    write_marker(&input.build, &key)?;
-    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
+    let path = input.build.join("kraft.defconfig");
+    std::fs::write(&path, &defconfig).with_context(|| format!("writing {path}"))
 }
 
 fn check_config(config: &str, wanted: &[(String, String)]) -> Vec<String> {

@@ -35,3 +35,51 @@ impl Target {
         out
     }
 }
+
+impl Target {
+    /// The GNU triple of the target's architecture (`aarch64-linux-gnu`),
+    /// as kraftkit names cross toolchains.
+    pub fn gnu_triple(&self) -> Option<&'static str> {
+        match self.arch.as_str() {
+            "x86_64" => Some("x86_64-linux-gnu"),
+            "arm64" => Some("aarch64-linux-gnu"),
+            "arm" => Some("arm-linux-gnueabihf"),
+            _ => None,
+        }
+    }
+
+    /// `CROSS_COMPILE` for make when the target's architecture is not the
+    /// host's (`aarch64-linux-gnu-` for arm64 on an x86_64 host), as
+    /// kraftkit sets it; `None` for a native build.
+    pub fn cross_compile(&self) -> Option<String> {
+        let triple = self.gnu_triple()?;
+        let target_cpu = triple.split('-').next()?;
+        let host_cpu = std::env::consts::ARCH;
+        let native = target_cpu == host_cpu || (target_cpu == "arm" && host_cpu == "arm");
+        (!native).then(|| format!("{triple}-"))
+    }
+
+    /// The C compiler a build of this target runs.
+    pub fn compiler(&self) -> String {
+        format!("{}gcc", self.cross_compile().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn cross_prefix_only_for_foreign_architectures() {
+        let arm = Target::new("qemu", "arm64");
+        let x86 = Target::new("fc", "x86_64");
+        if std::env::consts::ARCH == "x86_64" {
+            assert_eq!(arm.cross_compile().as_deref(), Some("aarch64-linux-gnu-"));
+            assert_eq!(x86.cross_compile(), None);
+            assert_eq!(arm.compiler(), "aarch64-linux-gnu-gcc");
+        } else if std::env::consts::ARCH == "aarch64" {
+            assert_eq!(x86.cross_compile().as_deref(), Some("x86_64-linux-gnu-"));
+            assert_eq!(arm.cross_compile(), None);
+        }
+    }
+}
