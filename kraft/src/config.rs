@@ -11,6 +11,7 @@
 //! | `KRAFT_ARCHIVE_DIR` | a directory of origin archives, found by file name |
 //! | `KRAFT_SANDBOX` | `bwrap` (default) or `none` (explicitly unconfined) |
 //! | `KRAFT_SANDBOX_PATH` | the `PATH` build commands see |
+//! | `PATH` | where `doctor` looks for host programs (unless `KRAFT_SANDBOX_PATH`) |
 //! | `KRAFT_REMOTE_CACHE` | the shared cache URL |
 //! | `KRAFT_REMOTE_UPLOAD` | `1`: write to the shared cache (CI) |
 //! | `KRAFT_CACHE_SECRET` | the shared cache's signing secret |
@@ -36,6 +37,8 @@ pub struct Config {
     pub archive_dir: Option<Utf8PathBuf>,
     pub sandbox: Option<String>,
     pub sandbox_path: Option<String>,
+    /// `PATH`, where `doctor` looks host programs up.
+    pub path: Option<OsString>,
     pub remote_cache: Option<String>,
     pub remote_upload: bool,
     pub cache_secret: Option<OsString>,
@@ -73,6 +76,7 @@ impl Config {
             archive_dir: path("KRAFT_ARCHIVE_DIR"),
             sandbox: text("KRAFT_SANDBOX"),
             sandbox_path: text("KRAFT_SANDBOX_PATH"),
+            path: std::env::var_os("PATH"),
             remote_cache: std::env::var("KRAFT_REMOTE_CACHE").ok(),
             remote_upload: yes("KRAFT_REMOTE_UPLOAD"),
             cache_secret: std::env::var_os("KRAFT_CACHE_SECRET").filter(|s| !s.is_empty()),

@@ -90,6 +90,17 @@ pub enum Command {
     Sysroot(SysrootArgs),
     /// Time our builds against make on the same trees (see `commands::bench`).
     Bench(BenchArgs),
+    /// Check the host programs a build and a run need; say how to install what is missing.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The app whose targets to check [default: qemu/x86_64 and qemu/arm64].
+    pub app: Option<String>,
+    /// Only this target (`qemu/arm64`).
+    #[arg(short, long)]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -40,6 +40,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         Command::Graph(args) => commands::graph::run(&session, args),
         Command::Explain(args) => commands::explain::run(&session, args),
         Command::Sysroot(args) => commands::sysroot::run(&session, &args.component, args.source.as_deref(), args.out.as_deref()),
+        Command::Doctor(args) => commands::doctor::run(&session, args),
         Command::Bench(args) => commands::bench::run(&session, &commands::bench::BenchOptions::from_args(args, session.jobs)).map(drop),
     }
 }

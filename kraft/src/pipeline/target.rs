@@ -292,7 +292,9 @@ pub fn build_app(session: &Session, app: &str, target: Option<&str>) -> anyhow::
     let start = Instant::now();
     let (locked, trees) = fetch_app(session, app)?;
     let mut builds = Vec::new();
-    for target in select_targets(&locked, target)? {
+    let selected = select_targets(&locked, target)?;
+    crate::doctor::require_for_build(&locked.app.name, &selected)?;
+    for target in selected {
         let prepared = prepare(session, &locked, &trees, target)?;
         let build = build_target(session, &prepared)?;
         report(session, &build);

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod build;
 pub mod cache;
+pub mod doctor;
 pub mod explain;
 pub mod graph;
 pub mod lock;
