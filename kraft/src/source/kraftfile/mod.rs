@@ -86,11 +86,13 @@ pub fn load(path: &Utf8Path) -> anyhow::Result<Kraftfile> {
 
 /// Parse text (path used for locations and resolving relative local sources).
 pub fn parse(path: &Utf8Path, text: &str) -> anyhow::Result<Kraftfile> {
-    let root = yaml::parse(path, text)?;
+    let mut root = yaml::parse(path, text)?;
+    let v07_notes = v07::normalize(&mut root);
     let dir = absolute_dir(path);
     let mut cx = Cx { path, dir, warnings: Vec::new() };
     let mut kf = cx.kraftfile(&root)?;
     kf.warnings = cx.warnings;
+    kf.warnings.extend(v07_notes.into_iter().map(|n| Diagnostic::at(Location::new(path, n.line, n.column), n.message).help(n.help)));
     Ok(kf)
 }
 
@@ -316,6 +318,8 @@ fn home_dir() -> Option<Utf8PathBuf> {
 
 // ---------------------------------------------------------------------------
 // YAML: events to a small tree that keeps raw text, style and position
+
+mod v07;
 
 mod yaml {
     use super::*;
