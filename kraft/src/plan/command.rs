@@ -15,6 +15,9 @@ pub(crate) fn is_symlink_command(script: &str) -> bool {
 }
 
 /// Shell-ish words of a script: quotes removed, operators as their own words.
+/// Not `util::shell::split` (shlex): that keeps `;`, `|`, `&&`, `>` and `2>&1`
+/// inside words, and the analysis needs them apart to find each simple
+/// command and each redirect target.
 pub(crate) fn words(script: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();

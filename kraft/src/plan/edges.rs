@@ -285,3 +285,24 @@ pub(crate) fn dedup(v: &mut Vec<Utf8PathBuf>) {
     let mut seen = HashSet::new();
     v.retain(|p| seen.insert(p.clone()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm64_image_rules_rewrite_the_image() {
+        let image = Utf8PathBuf::from("/kraft/build/hw_qemu-arm64");
+        let dbg = Utf8PathBuf::from("/kraft/build/hw_qemu-arm64.dbg");
+        let producers: HashMap<Utf8PathBuf, ActionId> = [(dbg.clone(), ActionId(0)), (image.clone(), ActionId(1))].into();
+        // `<image>.img`: mklinux.py <image> <dbg> rewrites the image, reads the dbg.
+        let img = Utf8Path::new("/kraft/build/hw_qemu-arm64.img");
+        assert_eq!(in_place_rule(img, false, &[image.clone(), dbg.clone()], &producers), Some(vec![image.clone()]));
+        // `<image>.bin`: objcopy -O binary <image>.
+        let bin = Utf8Path::new("/kraft/build/hw_qemu-arm64.bin");
+        assert_eq!(in_place_rule(bin, false, std::slice::from_ref(&image), &producers), Some(vec![image.clone()]));
+        // A rule that names its target, or rewrites nothing earlier, is left alone.
+        assert_eq!(in_place_rule(bin, true, std::slice::from_ref(&image), &producers), None);
+        assert_eq!(in_place_rule(bin, false, &[Utf8PathBuf::from("/kraft/build/other")], &producers), None);
+    }
+}

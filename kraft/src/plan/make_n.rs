@@ -112,18 +112,13 @@ pub(crate) fn strip_noise(line: &str) -> Option<String> {
     }
 }
 
-/// `/bin/bash x.cmd`, `bash x.cmd`, `sh x.cmd`, `$(SHELL) x.cmd` → `x.cmd`.
+/// `/bin/bash x.cmd`, `bash x.cmd`, `sh 'x.cmd'` → `x.cmd` (split as a POSIX
+/// shell would, through `util::shell`).
 pub(crate) fn runs_cmd_file(cmd: &str) -> Option<String> {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    if words.len() != 2 || !words[1].ends_with(".cmd") {
-        return None;
-    }
-    let shell = words[0].rsplit('/').next().unwrap();
-    matches!(shell, "bash" | "sh" | "dash").then(|| unquote(words[1]))
-}
-
-pub(crate) fn unquote(s: &str) -> String {
-    s.chars().filter(|c| *c != '"' && *c != '\'').collect()
+    let words = crate::util::shell::split(cmd)?;
+    let [shell, file] = words.as_slice() else { return None };
+    let shell = shell.rsplit('/').next().unwrap_or(shell);
+    (matches!(shell, "bash" | "sh" | "dash") && file.ends_with(".cmd")).then(|| file.clone())
 }
 
 /// Lexical normalization against `base`: absolute result, no `.`/`..`/`//`.
