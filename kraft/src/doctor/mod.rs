@@ -84,7 +84,7 @@ pub fn install_help(missing: &[&HostProgram]) -> String {
             out.push_str(&format!("{}({} not packaged: use Nix)", if packages.is_empty() { "" } else { "  " }, unpackaged.join(", ")));
         }
     }
-    out.push_str("\n    or, with Nix:  `nix develop` in this repository gives every tool");
+    out.push_str("\n    or, with Nix:  `nix develop` in this repository (gcc, make, flex, bison, python3, git, QEMU, bubblewrap)");
     out
 }
 
