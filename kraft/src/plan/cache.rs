@@ -107,7 +107,7 @@ pub(crate) fn store_cached_with(entry: &Utf8Path, graph: &Graph, warnings: &[Str
     std::fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new().prefix(".plan-").tempdir_in(parent)?;
     let tmp_path = Utf8Path::from_path(tmp.path()).unwrap();
-    crate::util::fs::copy_tree(build, &tmp_path.join("prepared"))?;
+    crate::util::fs::copy_tree(build, tmp_path.join("prepared"))?;
     let cached = CachedPlan { format: PLAN_FORMAT, warnings: warnings.to_vec(), graph: graph.clone(), origins: origins.to_vec() };
     std::fs::write(tmp_path.join("plan.json"), serde_json::to_vec(&cached)?)?;
     let tmp_path = tmp.keep();

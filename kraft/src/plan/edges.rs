@@ -207,9 +207,9 @@ pub fn merge_in_place(graph: Graph) -> Graph {
             actions[b].outputs.iter().filter(|o| actions[b].inputs.contains(o)).cloned().collect();
         let target = in_place.iter().filter_map(|p| producer.get(p).copied()).map(|a| owner[a]).max();
         if let Some(a) = target {
-            let other_deps_done_before = actions[b].deps.iter().map(|d| owner[d.0]).all(|d| d == a || d < a);
+            let other_deps_done_before = actions[b].deps.iter().map(|d| owner[d.0]).all(|d| d <= a);
             if other_deps_done_before && actions[a].kind != ActionKind::Compile {
-                let step = std::mem::replace(&mut actions[b].script, String::new());
+                let step = std::mem::take(&mut actions[b].script);
                 let merged = format!("{{ {}\n}} && {{ {}\n}}", actions[a].script.trim_end(), step.trim_end());
                 actions[a].script = merged;
                 let (inputs, outputs) = (actions[b].inputs.clone(), actions[b].outputs.clone());

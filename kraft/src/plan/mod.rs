@@ -180,7 +180,7 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
             // is: that is what makes a no-op build cost nothing.
             if read_marker(&input.build).as_deref() != Some(key.as_str()) {
                 clear_dir(&input.build)?;
-                crate::util::fs::copy_tree(&entry.join("prepared"), &input.build)?;
+                crate::util::fs::copy_tree(entry.join("prepared"), &input.build)?;
                 write_marker(&input.build, &key)?;
             }
             return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
