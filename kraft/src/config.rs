@@ -11,6 +11,7 @@
 //! | `KRAFT_ARCHIVE_DIR` | a directory of origin archives, found by file name |
 //! | `KRAFT_SANDBOX` | `bwrap` (default) or `none` (explicitly unconfined) |
 //! | `KRAFT_SANDBOX_PATH` | the `PATH` build commands see |
+//! | `PATH` | where `doctor` looks for host programs (unless `KRAFT_SANDBOX_PATH`) |
 //! | `KRAFT_REMOTE_CACHE` | the shared cache URL |
 //! | `KRAFT_REMOTE_UPLOAD` | `1`: write to the shared cache (CI) |
 //! | `KRAFT_CACHE_SIGNING_KEY` | CI: the shared cache's Ed25519 private key (a file, or `keyid:base64`) |
@@ -21,6 +22,7 @@
 //! [`Config::get`] reads them the first time it is called; a program that
 //! embeds the library may call [`Config::set`] first to decide them itself.
 
+use std::ffi::OsString;
 use std::sync::OnceLock;
 
 use camino::Utf8PathBuf;
@@ -36,6 +38,8 @@ pub struct Config {
     pub archive_dir: Option<Utf8PathBuf>,
     pub sandbox: Option<String>,
     pub sandbox_path: Option<String>,
+    /// `PATH`, where `doctor` looks host programs up.
+    pub path: Option<OsString>,
     pub remote_cache: Option<String>,
     pub remote_upload: bool,
     /// `KRAFT_CACHE_SIGNING_KEY`: a key file's path, or the key itself.
@@ -76,6 +80,7 @@ impl Config {
             archive_dir: path("KRAFT_ARCHIVE_DIR"),
             sandbox: text("KRAFT_SANDBOX"),
             sandbox_path: text("KRAFT_SANDBOX_PATH"),
+            path: std::env::var_os("PATH"),
             remote_cache: std::env::var("KRAFT_REMOTE_CACHE").ok(),
             remote_upload: yes("KRAFT_REMOTE_UPLOAD"),
             cache_signing_key: text("KRAFT_CACHE_SIGNING_KEY"),

@@ -38,12 +38,14 @@
 //! | [`cache::local`] | the local action cache and its garbage collector |
 //! | [`cache::http`] | the shared cache over bazel-remote's HTTP protocol |
 //! | [`pipeline`] | lock → fetch → no-op check → plan → execute → record → install |
+//! | [`doctor`] | the host programs a build needs, and how to install them |
 //! | [`repro`] | the bit-reproducibility check |
 //! | [`util`] | helpers with one home each: files, hashing, shell quoting |
 
 pub mod cache;
 pub mod config;
 pub mod diag;
+pub mod doctor;
 pub mod exec;
 pub mod output;
 pub mod pipeline;

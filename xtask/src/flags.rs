@@ -93,6 +93,8 @@ pub enum Command {
     /// Mutate a copy of the app one input at a time; check every incremental
     /// build against a clean one (`exact: N/N, needless: K`).
     CheckExact(CheckExactArgs),
+    /// Check the host programs a build and a run need; say how to install what is missing.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +111,15 @@ pub struct CheckExactArgs {
     /// Keep the scratch directory (target/kraft/check-exact/<app>) afterwards.
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The app whose targets to check [default: qemu/x86_64 and qemu/arm64].
+    pub app: Option<String>,
+    /// Only this target (`qemu/arm64`).
+    #[arg(short, long)]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,46 +1,5 @@
-//! `cargo xtask`: parse flags, open a session, dispatch to a command.
+//! `cargo xtask`: the CLI lives in the library ([`kraft_xtask::main`]).
 
-mod commands;
-mod flags;
-
-use std::process::ExitCode;
-
-use camino::Utf8PathBuf;
-use clap::Parser;
-use kraft::output::Output;
-use kraft::session::Session;
-use kraft::source::workspace::Workspace;
-
-use flags::{Command, Flags};
-
-fn main() -> ExitCode {
-    let flags = Flags::parse();
-    let output = Output::new(flags.global.message_format);
-    match run(flags) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            output.error(&err);
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(flags: Flags) -> anyhow::Result<()> {
-    let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("reading the current directory: {e}"))?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|p| anyhow::anyhow!("non-UTF-8 directory {}", p.display()))?;
-    let workspace = Workspace::discover(&cwd)?;
-    let session = Session::new(workspace, &flags.global.options())?;
-    match &flags.command {
-        Command::Lock(args) => commands::lock::lock(&session, args),
-        Command::Update(args) => commands::lock::update(&session, args),
-        Command::Fetch(args) => commands::lock::fetch(&session, args),
-        Command::Cache(args) => commands::cache::run(&session, &args.command),
-        Command::Build(args) => commands::build::run(&session, args),
-        Command::Run(args) => commands::run::run(&session, args),
-        Command::Graph(args) => commands::graph::run(&session, args),
-        Command::Explain(args) => commands::explain::run(&session, args),
-        Command::Sysroot(args) => commands::sysroot::run(&session, &args.component, args.source.as_deref(), args.out.as_deref()),
-        Command::CheckExact(args) => commands::check_exact::run(&session, args),
-        Command::Bench(args) => commands::bench::run(&session, &commands::bench::BenchOptions::from_args(args, session.jobs)).map(drop),
-    }
+fn main() -> std::process::ExitCode {
+    kraft_xtask::main()
 }

@@ -54,6 +54,8 @@ pub struct TargetBuild {
 /// Everything needed to plan one target, without running make.
 pub struct Prepared {
     pub input: PlanInput,
+    /// The lock that pins the archives make downloads.
+    pub origins: crate::source::origins::AppOrigins,
     pub out_dir: Utf8PathBuf,
     pub target: Target,
     pub image_name: String,
@@ -94,11 +96,11 @@ pub fn prepare(session: &Session, locked: &LockedApp, trees: &[(String, Utf8Path
         if kind == ComponentKind::Library {
             libs.push((component.name.clone(), tree(&component.name).context("component tree missing")?));
         }
+        // Archives a recipe places up front; the others are learned from make.
         for archive in &component.archives {
-            let spec = recipe.file.archive.iter().find(|a| a.name == archive.name).with_context(|| {
-                format!("recipe {} lists no archive {} (the lock does): run `cargo xtask lock`", recipe.name(), archive.name)
-            })?;
-            origins.push((session.store.archive_path(&archive.sha256, &archive.name), Utf8PathBuf::from(&spec.dest)));
+            if let Some(dest) = recipe.placed_archives().find(|a| a.name == archive.name).and_then(|a| a.dest.as_ref()) {
+                origins.push((session.store.archive_path(&archive.sha256, &archive.name), Utf8PathBuf::from(dest)));
+            }
         }
         for split in &recipe.file.units.split {
             unit_rules.push(UnitRule { lib: split.library.clone(), split_by_dir_prefix: Some(format!("{}/origin/*", split.library)) });
@@ -130,7 +132,8 @@ pub fn prepare(session: &Session, locked: &LockedApp, trees: &[(String, Utf8Path
         make_vars,
     };
     let image_name = format!("{app_name}_{}", target.dir_name());
-    Ok(Prepared { input, out_dir, target: target.clone(), image_name })
+    let origins = crate::source::origins::AppOrigins { app: locked.app.name.clone(), lock_path: locked.lock_path.clone() };
+    Ok(Prepared { input, origins, out_dir, target: target.clone(), image_name })
 }
 
 /// `UK_VERSION.UK_SUBVERSION[.UK_EXTRAVERSION]` from the core's `version.mk`.
@@ -210,7 +213,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     // concurrent build of the same plan waits for the entry and reuses it.
     let plan = {
         let _plan_lock = session.store.lock(&format!("plan-{key}"))?;
-        plan::plan(&prepared.input, Some(&session.store.root().join("plans")))
+        plan::plan_with(&prepared.input, Some(&session.store.root().join("plans")), Some(&prepared.origins.bind(session)))
             .with_context(|| format!("planning {id} in {}", prepared.input.build))?
     };
     if plan.cached {
@@ -329,7 +332,9 @@ pub fn build_app(session: &Session, app: &str, target: Option<&str>) -> anyhow::
     let start = Instant::now();
     let (locked, trees) = fetch_app(session, app)?;
     let mut builds = Vec::new();
-    for target in select_targets(&locked, target)? {
+    let selected = select_targets(&locked, target)?;
+    crate::doctor::require_for_build(&locked.app.name, &selected)?;
+    for target in selected {
         let prepared = prepare(session, &locked, &trees, target)?;
         let build = build_target(session, &prepared)?;
         report(session, &build);

@@ -25,7 +25,8 @@ use anyhow::{Context, Result};
 
 use crate::exec::fingerprint::toolchain::resolve;
 use crate::exec::sandbox::Sandbox;
-use crate::plan::{fingerprint_build_files, PlanInput, PLAN_FORMAT};
+use crate::plan::cache::fingerprint_build_files;
+use crate::plan::{PlanInput, PLAN_FORMAT};
 
 /// Programs make and Unikraft's rules run by name, whatever the target.
 const HOST_TOOLS: &[&str] =

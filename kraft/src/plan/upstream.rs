@@ -107,7 +107,7 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
         if let Some((graph, warnings)) = plan::load_cached(entry)? {
             if plan::read_marker(&input.build).as_deref() != Some(key.as_str()) {
                 plan::clear_dir(&input.build)?;
-                crate::util::fs::copy_tree(&entry.join("prepared"), &input.build)?;
+                crate::util::fs::copy_tree(entry.join("prepared"), &input.build)?;
                 plan::write_marker(&input.build, &key)?;
             }
             return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });

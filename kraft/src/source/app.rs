@@ -110,6 +110,7 @@ pub fn fetch_app(session: &Session, app: &str) -> anyhow::Result<(LockedApp, Vec
     let locked = lock_app(session, app, Update::Nothing)?;
     let fetcher = session.fetcher();
     let trees = resolve::materialize(&locked.lock, locked.kraftfile.dir(), &fetcher)?;
+    crate::source::origins::fetch_locked(session, &locked.app.name, &locked.lock)?;
     session.output.status("Fetched", &format!("{} components into {}", trees.len(), session.store.root()));
     Ok((locked, trees))
 }

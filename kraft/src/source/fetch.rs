@@ -205,6 +205,93 @@ impl<'a> Fetcher<'a> {
     }
 }
 
+/// Where to get an origin archive the lock may not pin yet.
+#[derive(Debug, Clone)]
+pub struct ArchiveRequest<'r> {
+    /// File name: the store's name for it and how `KRAFT_ARCHIVE_DIR` finds it.
+    pub name: &'r str,
+    /// URLs to try in order (make's, then a recipe's mirrors).
+    pub urls: &'r [String],
+}
+
+impl<'a> Fetcher<'a> {
+    /// An origin archive pinned to `sha256`: the store's copy, or one got
+    /// from `KRAFT_ARCHIVE_DIR`, a mirror or the network and checked. A
+    /// different content fails with `mismatch` (the caller knows which
+    /// command fixes it).
+    pub fn archive_pinned(
+        &self,
+        request: &ArchiveRequest<'_>,
+        sha256: &str,
+        mismatch: &dyn Fn(&str, &str) -> anyhow::Error,
+    ) -> anyhow::Result<Utf8PathBuf> {
+        let stored = self.store.archive_path(sha256, request.name);
+        if stored.is_file() {
+            return Ok(stored);
+        }
+        if let Some(found) = self.store.find_archive(sha256) {
+            return Ok(found);
+        }
+        let _guard = self.store.lock(&format!("fetch-archive:{sha256}"))?;
+        let got = self.obtain(request)?;
+        let actual = crate::util::hash::sha256_file(&got.file)?;
+        if actual != sha256.to_ascii_lowercase() {
+            return Err(mismatch(&got.origin, &actual));
+        }
+        self.store.insert_archive(&got.file, request.name, sha256, &got.origin)
+    }
+
+    /// An origin archive seen for the first time (trust on first use): got
+    /// like [`Fetcher::archive_pinned`], stored, and returned with its
+    /// sha256 and where it came from.
+    pub fn archive_first_use(&self, request: &ArchiveRequest<'_>) -> anyhow::Result<(Utf8PathBuf, String, String)> {
+        let got = self.obtain(request)?;
+        let sha256 = crate::util::hash::sha256_file(&got.file)?;
+        let path = self.store.insert_archive(&got.file, request.name, &sha256, &got.origin)?;
+        Ok((path, sha256, got.origin))
+    }
+
+    /// The archive's bytes from the first place that has them:
+    /// `KRAFT_ARCHIVE_DIR` by name, then each URL through the mirrors (a
+    /// local file, or the network unless offline).
+    fn obtain(&self, request: &ArchiveRequest<'_>) -> anyhow::Result<Obtained> {
+        if let Some(file) = self.mirrors.archive_file(request.name) {
+            return Ok(Obtained { origin: file.to_string(), file, _staging: None });
+        }
+        let mut tried = Vec::new();
+        for url in request.urls {
+            match self.mirrors.rewrite(url) {
+                Location::Local(path) if path.is_file() => {
+                    return Ok(Obtained { origin: format!("{url} (mirror {path})"), file: path, _staging: None })
+                }
+                Location::Local(path) => tried.push(format!("{path} (local mirror of {url}): no such file")),
+                Location::Remote(remote) if self.mode.offline => tried.push(format!("{remote}: --offline")),
+                Location::Remote(remote) => {
+                    let staging = self.store.staging_dir()?;
+                    let file = Utf8Path::from_path(staging.path()).context("non-UTF-8 staging path")?.join(request.name);
+                    match download(&remote, &file) {
+                        Ok(()) => return Ok(Obtained { origin: remote, file, _staging: Some(staging) }),
+                        Err(err) => tried.push(format!("{remote}: {err}")),
+                    }
+                }
+            }
+        }
+        Err(Diagnostic::new(format!("cannot get origin archive {}: {}", request.name, tried.join("; ")))
+            .help(format!(
+                "put {} in a directory and set KRAFT_ARCHIVE_DIR to it, map its URL with KRAFT_MIRRORS, or run without --offline",
+                request.name
+            ))
+            .into())
+    }
+}
+
+/// A file got for the store; `_staging` keeps a download's temp dir alive.
+struct Obtained {
+    file: Utf8PathBuf,
+    origin: String,
+    _staging: Option<tempfile::TempDir>,
+}
+
 pub fn hash_mismatch(what: &str, origin: &str, expected: &str, actual: &str) -> anyhow::Error {
     Diagnostic::new(format!("{what} mismatch for {origin}: kraft.lock says {expected}, the source has {actual}"))
         .help("if the lock was edited by hand, restore it from version control; if upstream moved, run `cargo xtask update <app> <component>`")

@@ -81,6 +81,25 @@ impl LockedComponent {
     }
 }
 
+impl LockedComponent {
+    /// The archives a (re)locked entry carries: the recipe's placed ones
+    /// (known up front), then those learned from make on earlier builds
+    /// (kept while the entry is kept; `update` drops them, so they are
+    /// learned again, as cargo re-resolves an updated dependency).
+    pub fn with_recipe_archives(&self, recipe: &crate::source::recipe::Recipe) -> Vec<LockedArchive> {
+        let mut out: Vec<LockedArchive> = recipe
+            .placed_archives()
+            .map(|a| LockedArchive { name: a.name.clone(), url: a.url.clone(), sha256: a.sha256.clone() })
+            .collect();
+        for archive in &self.archives {
+            if !out.iter().any(|a| a.name == archive.name) {
+                out.push(archive.clone());
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Lock {
@@ -106,6 +125,11 @@ pub struct LockFile {
 impl Lock {
     pub fn get(&self, name: &str) -> Option<&LockedComponent> {
         self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The locked archive downloaded from one of `urls`, and its component.
+    pub fn archive_for(&self, urls: &[String]) -> Option<(&LockedComponent, &LockedArchive)> {
+        self.components.iter().find_map(|c| c.archives.iter().find(|a| urls.contains(&a.url)).map(|a| (c, a)))
     }
 
     /// The build date: the newest commit time among the components.

@@ -7,6 +7,7 @@ pub mod git;
 pub mod kraftfile;
 pub mod lock;
 pub mod mirror;
+pub mod origins;
 pub mod recipe;
 pub mod resolve;
 pub mod workspace;

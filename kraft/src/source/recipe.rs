@@ -1,7 +1,9 @@
 //! `recipes/*.toml`: where a component comes from and how it builds.
 //!
-//! A recipe names the component's git source and how Kraftfile versions map
-//! to refs, the origin archives its build downloads (with their sha256), where
+//! Every recipe is an optional override. A recipe names the component's git
+//! source and how Kraftfile versions map to refs, what it knows about origin
+//! archives (a known sha256, mirrors; the archives themselves are learned
+//! from make, see `plan::fetches`), where
 //! its tree is mounted in the build sandbox, and how its actions group into
 //! cache units. Recipes are content-addressed: the blake3 of the file's bytes
 //! is recorded in `kraft.lock` and is part of every cache key it touches.
@@ -76,7 +78,12 @@ fn default_version() -> String {
     "stable".into()
 }
 
-/// A file the component's build downloads, pinned by sha256.
+/// What a recipe knows about an origin archive. Optional: the planner
+/// learns each archive a build downloads from make itself, and the lock pins
+/// it on first use. A recipe entry adds a known sha256 (checked on that first
+/// use instead of trusted), mirrors, and, with `dest`, a file placed before
+/// make runs and locked with the component (for cores whose `fetch` does not
+/// go through `$(WGET)`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginArchive {
@@ -84,8 +91,13 @@ pub struct OriginArchive {
     pub name: String,
     pub url: String,
     pub sha256: String,
-    /// Where the library's makefile expects it, relative to the build dir.
-    pub dest: String,
+    /// Where the library's makefile expects it, relative to the build dir:
+    /// placed before make runs, and locked with the component.
+    #[serde(default)]
+    pub dest: Option<String>,
+    /// Further URLs with the same content, tried after `url`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +185,17 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// What this recipe knows about an archive make downloads from `url`
+    /// (by URL, else by file name).
+    pub fn archive_hint(&self, url: &str, file_name: &str) -> Option<&OriginArchive> {
+        self.file.archive.iter().find(|a| a.url == url || a.mirrors.iter().any(|m| m == url)).or_else(|| self.file.archive.iter().find(|a| a.name == file_name))
+    }
+
+    /// The archives placed before make runs (those with a `dest`).
+    pub fn placed_archives(&self) -> impl Iterator<Item = &OriginArchive> {
+        self.file.archive.iter().filter(|a| a.dest.is_some())
+    }
+
     pub fn name(&self) -> &str {
         &self.file.recipe.name
     }

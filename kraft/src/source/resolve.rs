@@ -19,7 +19,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::diag::Diagnostic;
 use crate::source::fetch::Fetcher;
 use crate::source::kraftfile::{Component, Kraftfile, Source};
-use crate::source::lock::{Lock, LockedArchive, LockedComponent, FORMAT_VERSION};
+use crate::source::lock::{Lock, LockedComponent, FORMAT_VERSION};
 use crate::source::recipe::{ComponentKind, Recipe, RecipeBook};
 
 /// Which components to move regardless of the lock.
@@ -164,13 +164,7 @@ pub fn resolve(
         // The recipe is data of this tool, not of upstream: always current.
         entry.recipe = want.recipe.name().to_string();
         entry.recipe_blake3 = want.recipe.hash.clone();
-        entry.archives = want
-            .recipe
-            .file
-            .archive
-            .iter()
-            .map(|a| LockedArchive { name: a.name.clone(), url: a.url.clone(), sha256: a.sha256.clone() })
-            .collect();
+        entry.archives = entry.with_recipe_archives(&want.recipe);
         lock.components.push(entry);
     }
     Ok(lock)
@@ -252,9 +246,7 @@ pub fn materialize(lock: &Lock, lock_dir: &Utf8Path, fetcher: &Fetcher) -> anyho
                 .help("sources are `git+<url>` or `path+<dir>`")
                 .into());
         };
-        for archive in &component.archives {
-            fetcher.archive(archive)?;
-        }
+        // Origin archives: `source::origins::fetch_locked`, which names the app.
         trees.push((component.name.clone(), path));
     }
     Ok(trees)

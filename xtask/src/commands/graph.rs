@@ -8,7 +8,7 @@ pub fn run(session: &Session, args: &GraphArgs) -> anyhow::Result<()> {
     for target in kraft::pipeline::target::select_targets(&locked, args.target.as_deref())? {
         let prepared = kraft::pipeline::target::prepare(session, &locked, &trees, target)?;
         std::fs::create_dir_all(&prepared.out_dir)?;
-        let plan = kraft::plan::plan(&prepared.input, Some(&session.store.root().join("plans")))?;
+        let plan = kraft::plan::plan_with(&prepared.input, Some(&session.store.root().join("plans")), Some(&prepared.origins.bind(session)))?;
         let graph = &plan.graph;
         match args.format {
             GraphFormat::Text => {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod build;
 pub mod cache;
 pub mod check_exact;
+pub mod doctor;
 pub mod explain;
 pub mod graph;
 pub mod lock;

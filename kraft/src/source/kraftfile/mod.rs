@@ -37,6 +37,7 @@ mod scalar;
 mod schema;
 mod sources;
 mod targets;
+mod v07;
 mod validate;
 mod words;
 mod yaml;
@@ -98,11 +99,14 @@ pub fn load(path: &Utf8Path) -> anyhow::Result<Kraftfile> {
 
 /// Parse text (path used for locations and resolving relative local sources).
 pub fn parse(path: &Utf8Path, text: &str) -> anyhow::Result<Kraftfile> {
-    let root = yaml::parse(path, text)?;
+    let mut root = yaml::parse(path, text)?;
+    // v0.7's new forms become their v0.6 equivalents before anything reads them.
+    let v07_notes = v07::normalize(&mut root);
     let dir = paths::absolute_dir(path);
     let mut cx = schema::Cx { path, dir, warnings: Vec::new() };
     let mut kf = cx.kraftfile(&root)?;
     kf.warnings = cx.warnings;
+    kf.warnings.extend(v07_notes.into_iter().map(|n| Diagnostic::at(Location::new(path, n.line, n.column), n.message).help(n.help)));
     Ok(kf)
 }
 
