@@ -34,6 +34,7 @@
 //! | [`cache::local`] | the local action cache and its garbage collector |
 //! | [`cache::http`] | the shared cache over bazel-remote's HTTP protocol |
 //! | [`pipeline`] | lock → fetch → no-op check → plan → execute → record → install |
+//! | [`timings`] | where a build's time goes, per phase |
 //! | [`repro`] | the bit-reproducibility check |
 //! | [`util`] | helpers with one home each: files, hashing, shell quoting |
 
@@ -48,6 +49,7 @@ pub mod repro;
 pub mod session;
 pub mod source;
 pub mod store;
+pub mod timings;
 pub mod util;
 
 pub use diag::{Diagnostic, Location};

@@ -45,6 +45,7 @@ use crate::cache::http::RemoteCache;
 use crate::exec::sandbox::Sandbox;
 use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, OutputRecord, StatCache};
 use crate::store::Store;
+use crate::timings::Phase;
 
 /// What the engine needs from a sandbox. Implemented by [`Sandbox`]; tests
 /// may wrap it (to count or fail runs).
@@ -198,6 +199,8 @@ pub struct BuildReport {
     /// Host paths of every file the build read or wrote (sources, headers,
     /// outputs, toolchain programs): what a later no-op check must stat.
     pub watched: Vec<Utf8PathBuf>,
+    /// Busy time per phase (compile, link, restore, store writes, ...).
+    pub timings: crate::timings::Timings,
 }
 
 impl BuildReport {
@@ -261,6 +264,7 @@ struct Shared<'a> {
     cache: ActionCache,
     stats: &'a StatCache,
     env: Hash,
+    clock: &'a crate::timings::Clock,
 }
 
 enum Done {
@@ -309,7 +313,7 @@ impl Shared<'_> {
         let mut fp = Fingerprint {
             script: fingerprint::script_hash(action, &script),
             env: self.env,
-            inputs: self.hash_all(&action.inputs)?,
+            inputs: self.clock.time(Phase::Keys, || self.hash_all(&action.inputs))?,
             discovered: Vec::new(),
         };
         let reason = match old {
@@ -354,14 +358,14 @@ impl Shared<'_> {
         }
         for discovered in candidates {
             let key = key_from(prekey, &discovered);
-            let Some(entry) = self.cache.get(&key) else { continue };
+            let Some(entry) = self.clock.time(Phase::Lookup, || self.cache.get(&key)) else { continue };
             if !entry.discovered.iter().eq(discovered.iter().map(|(p, _)| p))
                 || !entry.outputs.iter().map(|o| &o.path).eq(action.outputs.iter())
             {
                 continue;
             }
             let to_host = |p: &Utf8Path| self.runner.to_host(p).unwrap_or_else(|| p.to_owned());
-            let Some(restored) = self.cache.restore(&entry, &to_host)? else { continue };
+            let Some(restored) = self.clock.time(Phase::Restore, || self.cache.restore(&entry, &to_host))? else { continue };
             let mut outputs = Vec::new();
             for r in restored {
                 self.stats.record(r.path.as_str(), &r.host, r.stamp, r.hash, r.hashed_at_ns);
@@ -395,7 +399,8 @@ impl Shared<'_> {
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("removing stale {host}")).into()),
             }
         }
-        let output = self.runner.run(&action.script, &action.cwd)?;
+        self.clock.note_spawn();
+        let output = self.clock.time(Phase::of(action.kind), || self.runner.run(&action.script, &action.cwd))?;
         let stdout = self.runner.rewrite_to_inside(&String::from_utf8_lossy(&output.stdout));
         let stderr = self.runner.rewrite_to_inside(&String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
@@ -427,7 +432,7 @@ impl Shared<'_> {
         for out in &action.outputs {
             let host = self.host(out)?;
             let hashed_at = crate::exec::state::now_ns();
-            let (c, stamp) = self.cache.store_output(out, &host)?;
+            let (c, stamp) = self.clock.time(Phase::StoreWrite, || self.cache.store_output(out, &host))?;
             let hash = Hash::from_hex(&c.blake3).context("store returned a malformed blob hash")?;
             self.stats.note_hashed();
             self.stats.record(out.as_str(), &host, stamp, hash, hashed_at);
@@ -435,7 +440,7 @@ impl Shared<'_> {
             cached.push(c);
         }
         let key = fp.key();
-        self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr)?;
+        self.clock.time(Phase::CacheWrite, || self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr))?;
         let record = Box::new(ActionRecord { key, fingerprint: fp, outputs });
         Ok(Done::Finished { record, outcome: Outcome::Ran, reason, stdout, stderr })
     }
@@ -577,7 +582,9 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         None => Toolchain::from_components(Default::default()),
     };
     let remote = ctx.remote.map(|r| Arc::new(r.start()));
+    let clock = crate::timings::Clock::default();
     let shared = Shared {
+        clock: &clock,
         runner: ctx.runner,
         cache: ActionCache::new(ctx.store).with_remote(remote.clone()),
         stats: &stats,
@@ -784,6 +791,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     report.files_hashed = stats.files_hashed();
     report.watched = stats.used_keys().iter().map(|key| to_host(key)).collect();
     report.duration = start.elapsed();
+    report.timings = clock.snapshot();
     // A build that did nothing changes nothing worth writing: the records are
     // the old ones and no file was hashed. Skipping the save keeps a no-op
     // build read-only (and `explain` on the last build that did work).

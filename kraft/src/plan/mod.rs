@@ -199,6 +199,8 @@ pub struct Plan {
     pub make_runs: usize,
     /// Wall time of the whole call.
     pub elapsed: Duration,
+    /// Each make run (its arguments) and its wall time, in order.
+    pub make_seconds: Vec<(String, f64)>,
     /// Requested kconfig values that `.config` does not have after
     /// `make defconfig` (unknown symbol or unmet dependency).
     pub warnings: Vec<String>,
@@ -222,7 +224,7 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
                 crate::util::fs::copy_tree(&entry.join("prepared"), &input.build)?;
                 write_marker(&input.build, &key)?;
             }
-            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
+            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
         }
     }
 
@@ -249,9 +251,12 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
     let make = input.make_command();
     let build = inside_build();
     let mut make_runs = 0;
+    let mut make_seconds = Vec::new();
     let mut run_make = |args: &str| -> Result<String> {
         make_runs += 1;
+        let began = Instant::now();
         let out = sandbox.run(&format!("{make} {args}"), &build)?;
+        make_seconds.push((args.split_whitespace().next().unwrap_or("").to_owned(), began.elapsed().as_secs_f64()));
         if !out.status.success() {
             bail!(
                 "`make {args}` failed in the {} sandbox ({}):\n{}{}",
@@ -274,7 +279,7 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
         store_cached(entry, &graph, &warnings, &input.build)?;
     }
     write_marker(&input.build, &key)?;
-    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
+    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings, make_seconds })
 }
 
 pub(crate) fn is_symlink_command(script: &str) -> bool {
