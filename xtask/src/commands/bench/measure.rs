@@ -120,6 +120,29 @@ pub struct RunUse {
 
 thread_local! {
     static PHASES: RefCell<Option<Phases>> = const { RefCell::new(None) };
+    static STORE_DIR: RefCell<Option<camino::Utf8PathBuf>> = const { RefCell::new(None) };
+    static SPAWN_COST_S: RefCell<f64> = const { RefCell::new(0.0) };
+}
+
+/// Bytes our side sent to and fetched from a team cache in the run in
+/// progress (after [`record_phases`]).
+pub fn record_traffic(uploaded: u64, downloaded: u64) {
+    PHASES.with(|p| {
+        if let Some(p) = p.borrow_mut().as_mut() {
+            p.uploaded_bytes = uploaded;
+            p.downloaded_bytes = downloaded;
+        }
+    });
+}
+
+/// The store our side uses: its size is taken after each run (untimed).
+pub fn set_store_dir(dir: Option<camino::Utf8PathBuf>) {
+    STORE_DIR.with(|d| *d.borrow_mut() = dir);
+}
+
+/// What one sandbox start costs (see `account::sandbox_start_seconds`).
+pub fn set_spawn_cost(seconds: f64) {
+    SPAWN_COST_S.with(|c| *c.borrow_mut() = seconds);
 }
 
 /// Hand the phases of the run in progress to [`measure`] (our side calls it
@@ -162,12 +185,20 @@ fn metered(f: &mut dyn FnMut() -> Result<()>) -> Result<RunUse> {
     let start = Instant::now();
     f()?;
     let wall_s = start.elapsed().as_secs_f64();
+    let mut phases = PHASES.with(|p| p.borrow_mut().take());
+    if let Some(p) = &mut phases {
+        let spawns = p.busy.spawns + p.make_s.len();
+        p.sandbox_start_est_s = spawns as f64 * SPAWN_COST_S.with(|c| *c.borrow());
+        if let Some(dir) = STORE_DIR.with(|d| d.borrow().clone()) {
+            p.store_bytes = super::account::tree_bytes(&dir);
+        }
+    }
     Ok(RunUse {
         wall_s,
         self_cpu_s: cpu_seconds(libc::RUSAGE_SELF) - self0,
         children_cpu_s: cpu_seconds(libc::RUSAGE_CHILDREN) - children0,
         peak_rss_mb: peak_rss_mb(),
-        phases: PHASES.with(|p| p.borrow_mut().take()),
+        phases,
     })
 }
 

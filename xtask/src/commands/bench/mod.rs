@@ -22,8 +22,10 @@
 //! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`.
 
 
+pub mod account;
 pub mod measure;
 pub mod musl;
+pub mod nginx;
 pub mod unikraft;
 
 use anyhow::Result;
@@ -46,6 +48,9 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     let log = |m: &str| eprintln!("{m}");
     let mut results = Vec::new();
     let work = out_dir.join("work");
+    let spawn_cost = account::sandbox_start_seconds(20)?;
+    measure::set_spawn_cost(spawn_cost);
+    log(&format!("one sandbox start costs {:.1} ms (median of 20, beyond a plain bash -c)", spawn_cost * 1000.0));
     musl::musl_scenarios(session, opts, &work.join("musl"), &mut results, &log)?;
     if unikraft_mirrored(session) {
         unikraft::scenarios(session, opts, &work.join("unikraft"), &mut results, &log)?;
@@ -54,9 +59,11 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     }
     let _ = musl::remove(&work);
     print!("{}", format_table(&results));
+    print!("{}", measure::format_phases(&results));
     let json = serde_json::json!({
         "runs": opts.runs,
         "jobs": opts.jobs,
+        "sandbox_start_s": spawn_cost,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "scenarios": results,
     });
