@@ -243,6 +243,7 @@ impl RemoteCache {
             warnings: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
             uploads: AtomicUsize::new(0),
+            uploaded_bytes: Default::default(),
             dropped: AtomicUsize::new(0),
             pending: Mutex::new(0),
             idle: Condvar::new(),
@@ -302,6 +303,8 @@ pub struct RemoteStats {
     pub uploads: usize,
     /// Warnings printed (at most a few per build).
     pub warnings: Vec<String>,
+    /// Bytes of the bodies uploaded (blobs and entries).
+    pub uploaded_bytes: u64,
 }
 
 struct Inner {
@@ -315,6 +318,7 @@ struct Inner {
     warnings: Mutex<Vec<String>>,
     hits: AtomicUsize,
     uploads: AtomicUsize,
+    uploaded_bytes: std::sync::atomic::AtomicU64,
     dropped: AtomicUsize,
     pending: Mutex<usize>,
     idle: Condvar,
@@ -425,7 +429,10 @@ impl Inner {
             return false;
         }
         match self.agent.put(&self.url(kind, name)).send(body) {
-            Ok(response) if response.status().is_success() => true,
+            Ok(response) if response.status().is_success() => {
+                self.uploaded_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                true
+            }
             Ok(response) => {
                 self.fail(&format!("PUT /{kind}/{name}"), &format!("HTTP {}", response.status().as_u16()));
                 false
@@ -617,6 +624,7 @@ impl RemoteTier {
             hits: self.inner.hits.load(Ordering::Relaxed),
             uploads: self.inner.uploads.load(Ordering::Relaxed),
             warnings: self.inner.warnings.lock().unwrap().clone(),
+            uploaded_bytes: self.inner.uploaded_bytes.load(Ordering::Relaxed),
         }
     }
 }

@@ -775,6 +775,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         report.remote_hits = stats.hits;
         report.remote_uploads = stats.uploads;
         report.remote_warnings = stats.warnings;
+        ctx.store.count_uploaded(stats.uploaded_bytes);
     }
 
     // Forget actions no longer in the graph? No: keep them (switching

@@ -95,3 +95,33 @@ pub(super) fn list_dir(dir: &Utf8Path) -> anyhow::Result<Vec<(String, Utf8PathBu
     out.sort();
     Ok(out)
 }
+
+/// Running totals kept in `<store>/counters.json` (for `cache stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Bytes this store's builds uploaded to a team cache, all time.
+    pub uploaded_bytes: u64,
+}
+
+impl Store {
+    fn counters_path(&self) -> Utf8PathBuf {
+        self.root.join("counters.json")
+    }
+
+    pub fn counters(&self) -> Counters {
+        fs::read(self.counters_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Add to the uploaded total (best effort: statistics never fail a build).
+    pub fn count_uploaded(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let Ok(_lock) = self.lock("counters") else { return };
+        let mut counters = self.counters();
+        counters.uploaded_bytes += bytes;
+        if let Ok(text) = serde_json::to_vec(&counters) {
+            let _ = crate::util::fs::write_atomic(&self.counters_path(), &text);
+        }
+    }
+}
