@@ -764,6 +764,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         drop(job_tx);
     });
 
+    let flushed = shared.cache.flush();
     for (u, span) in unit_span.iter().enumerate() {
         if let Some((a, b)) = span {
             report.units[u].wall = *b - *a;
@@ -816,6 +817,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         f.report = report;
         return Err(f.into());
     }
+    flushed?;
     if cycle {
         anyhow::bail!("dependency cycle: {} of {total} actions could not be scheduled", total - done);
     }

@@ -19,7 +19,18 @@
 //! github.com/unikraft; otherwise skipped with one line), each against
 //! Unikraft's `make -j<jobs>` run directly on a checkout in a temp dir with
 //! the same `.config`: `uk/cold`, `uk/no-op`, `uk/printk-flip`,
-//! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`.
+//! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`, `uk/config-revert`
+//! (flip the printk level and build, flip back: the timed build is all in
+//! the store), `uk/cold-j1` and `musl/cold-j1` (one job each side: the cost
+//! per action without scheduling), `uk/remote-warm` (empty store and output
+//! dir, a team cache on nginx filled by one build; bytes on the wire).
+//!
+//! Every run is accounted for (`measure::RunUse`): the tool's own CPU
+//! against its children's, its peak RSS, and for our side the phases the
+//! build reports (each make run of the plan, an estimate of sandbox starts,
+//! busy time compiling, linking, restoring, writing the store, ...), the
+//! store's size, and for printk-flip, second-app and config-revert the
+//! floor: the compile time of the objects that read the config header.
 
 
 pub mod account;
