@@ -51,6 +51,7 @@ use crate::exec::fingerprint::Hash;
 use crate::cache::http::{BlobUpload, RemoteTier, Upload};
 use crate::exec::state::{now_ns, Stamp};
 use crate::store::BlobEncoding;
+use super::writer::{Write, Writer};
 use crate::store::Store;
 
 const AC_VERSION: u32 = 1;
@@ -119,95 +120,16 @@ pub struct ActionCache {
     writer: Arc<Writer>,
 }
 
-/// One write the background writer does for [`ActionCache::put`] or
-/// [`ActionCache::add_to_manifest`].
-enum Write {
-    Entry(Hash, Entry),
-    Manifest(Hash, Vec<Utf8PathBuf>),
-}
-
-/// Entries and manifests are written by one background thread, so a worker
-/// goes back to compiling as soon as its outputs are in the store (a
-/// worker blocked on file-system bookkeeping is a core not compiling).
-/// Started on the first write; [`ActionCache::flush`] (and the last drop)
-/// waits for everything queued. Order is kept: an entry is written after
-/// the blobs it names (stored before `put`), a manifest after the entries
-/// queued before it.
-#[derive(Debug, Default)]
-struct Writer {
-    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<Write>>>,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The first write that failed.
-    error: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl Writer {
-    fn send(&self, cache: &ActionCache, write: Write) {
-        let mut queue = self.queue.lock().unwrap();
-        if queue.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<Write>();
-            // The thread's cache must not own this writer (it would wait for itself).
-            let worker = ActionCache { writer: Arc::new(Writer::default()), ..cache.clone() };
-            let error = self.error.clone();
-            let spawned = std::thread::Builder::new().name("kraft-ac-writer".into()).spawn(move || {
-                for write in rx {
-                    let result = match write {
-                        Write::Entry(key, entry) => worker.put_now(&key, &entry),
-                        Write::Manifest(prekey, discovered) => worker.add_to_manifest_now(&prekey, &discovered),
-                    };
-                    if let Err(e) = result {
-                        error.lock().unwrap().get_or_insert(format!("{e:#}"));
-                    }
-                }
-            });
-            match spawned {
-                Ok(handle) => {
-                    *self.thread.lock().unwrap() = Some(handle);
-                    *queue = Some(tx);
-                }
-                Err(_) => {
-                    drop(queue);
-                    return Self::run_now(cache, write, &self.error);
-                }
-            }
-        }
-        if let Err(std::sync::mpsc::SendError(write)) = queue.as_ref().expect("started above").send(write) {
-            drop(queue);
-            Self::run_now(cache, write, &self.error);
-        }
-    }
-
-    fn run_now(cache: &ActionCache, write: Write, error: &std::sync::Mutex<Option<String>>) {
-        let result = match write {
-            Write::Entry(key, entry) => cache.put_now(&key, &entry),
-            Write::Manifest(prekey, discovered) => cache.add_to_manifest_now(&prekey, &discovered),
-        };
-        if let Err(e) = result {
-            error.lock().unwrap().get_or_insert(format!("{e:#}"));
-        }
-    }
-
-    fn flush(&self) -> anyhow::Result<()> {
-        drop(self.queue.lock().unwrap().take());
-        if let Some(thread) = self.thread.lock().unwrap().take() {
-            let _ = thread.join();
-        }
-        match self.error.lock().unwrap().take() {
-            Some(e) => Err(anyhow::anyhow!("writing the action cache: {e}")),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        let _ = self.flush();
-    }
-}
 
 impl ActionCache {
     pub fn new(store: &Store) -> ActionCache {
         ActionCache { store: store.clone(), dir: store.root().join("ac"), remote: None, writer: Arc::default() }
+    }
+
+    /// The same cache with a writer of its own (for the writer's thread,
+    /// which must not hold the writer that waits for it).
+    pub(super) fn without_writer(&self) -> ActionCache {
+        ActionCache { writer: Arc::default(), ..self.clone() }
     }
 
     /// Wait until every queued entry and manifest is written; the first
@@ -314,7 +236,7 @@ impl ActionCache {
         Ok(())
     }
 
-    fn put_now(&self, key: &Hash, entry: &Entry) -> anyhow::Result<()> {
+    pub(super) fn put_now(&self, key: &Hash, entry: &Entry) -> anyhow::Result<()> {
         self.write(key, &File::Entry { version: AC_VERSION, entry: entry.clone() })?;
         self.publish(key, entry, false);
         Ok(())
@@ -388,7 +310,7 @@ impl ActionCache {
         Ok(())
     }
 
-    fn add_to_manifest_now(&self, prekey: &Hash, discovered: &[Utf8PathBuf]) -> anyhow::Result<()> {
+    pub(super) fn add_to_manifest_now(&self, prekey: &Hash, discovered: &[Utf8PathBuf]) -> anyhow::Result<()> {
         let current = self.local_manifest(prekey);
         if current.first().map(|c| c.as_slice()) == Some(discovered) {
             return Ok(());
