@@ -202,6 +202,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     // is a cold build, so its state says what each action cost (the floor
     // of a configuration change), and it fills the team cache.
     set_store_dir(None);
+    wipe_ours("helloworld")?; // a cold build: every action runs (and reaches the team cache)
     let filled = build_with(&app1, &store_dir, jobs, remote.as_ref())?;
     let floor = Floor::of(&filled.state_path, CONFIG_HEADER);
     let fill_bytes = server.as_ref().map(|s| s.traffic()).unwrap_or_default();
