@@ -555,3 +555,47 @@ fn gc_keeps_locked_sources_and_recent_entries_and_honours_max_size() {
     assert!(store.has_tree(&trees[0]));
     assert!(kraft::cache::local::ActionCache::new(store).verify(false).unwrap().entries_checked == 0);
 }
+
+/// A large output travels as the store keeps it, one zstd frame: the CAS
+/// entry is named by the frame's SHA-256, the entry says `zstd_size`, and a
+/// client with an empty store gets the exact bytes back.
+#[test]
+fn large_outputs_travel_compressed() {
+    use kraft::cache::local::{ActionCache, CachedOutput, Entry};
+    let Some(server) = Nginx::start() else { return };
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("DW_AT_name {} ", i % 89).into_bytes()).collect();
+    let key = blake3::hash(b"an action key for a large output");
+
+    let ci_dir = tempfile::tempdir().unwrap();
+    let ci_store = kraft::store::Store::open(Utf8Path::from_path(ci_dir.path()).unwrap().join("store")).unwrap();
+    let blake3_hex = ci_store.insert_blob_bytes(&big).unwrap();
+    let tier = Arc::new(cache.start());
+    let ci = ActionCache::new(&ci_store).with_remote(Some(tier.clone()));
+    let out = CachedOutput { path: "/kraft/build/libbig.ld.o".into(), blake3: blake3_hex.clone(), size: big.len() as u64, mode: 0o644, sha256: None, zstd_size: None };
+    ci.put(&key, &Entry { outputs: vec![out], discovered: vec![], stdout: String::new(), stderr: String::new() }).unwrap();
+    ci.flush().unwrap();
+    let stats = tier.finish();
+    assert_eq!(stats.uploads, 1, "{stats:?}");
+    assert!(warnings.lock().unwrap().is_empty(), "{:?}", warnings.lock().unwrap());
+
+    let frame = fs::read(ci_store.blob_zstd_path(&blake3_hex)).unwrap();
+    assert_eq!(server.files("cas").len(), 1);
+    let on_server = &server.files("cas")[0];
+    assert_eq!(fs::read(on_server).unwrap(), frame, "the CAS holds the store's frame");
+    assert_eq!(on_server.file_name().unwrap(), sha256_hex(&frame));
+    assert!(stats.uploaded_bytes < big.len() as u64 / 5, "{} bytes sent for {}", stats.uploaded_bytes, big.len());
+    let (_, payload) = ac_doc_for(&server, "/kraft/build/libbig.ld.o");
+    assert_eq!(payload["entry"]["outputs"][0]["zstd_size"], frame.len() as u64);
+
+    // An empty client: the entry and the frame come from the server, verified.
+    let laptop_dir = tempfile::tempdir().unwrap();
+    let laptop_store = kraft::store::Store::open(Utf8Path::from_path(laptop_dir.path()).unwrap().join("store")).unwrap();
+    let (cache, warnings) = remote(&server, Some(SECRET));
+    let laptop = ActionCache::new(&laptop_store).with_remote(Some(Arc::new(cache.start())));
+    let entry = laptop.get(&key).expect("a remote hit");
+    assert!(warnings.lock().unwrap().is_empty(), "{:?}", warnings.lock().unwrap());
+    let target = Utf8Path::from_path(laptop_dir.path()).unwrap().join("build");
+    let restored = laptop.restore(&entry, &|p: &Utf8Path| target.join(p.strip_prefix("/kraft/build").unwrap())).unwrap().unwrap();
+    assert_eq!(fs::read(&restored[0].host).unwrap(), big);
+}

@@ -724,3 +724,60 @@ fn good_tarball_unpacks_with_normalized_modes() {
         Some(dest.join("proj"))
     );
 }
+
+/// Large outputs are kept as one zstd frame, still named by the blake3 of
+/// their bytes; restores give the exact bytes back; a corrupt frame is a
+/// miss (and removed), and `verify` hashes what a frame decodes to.
+#[test]
+fn large_blobs_are_compressed_and_restore_exactly() {
+    let (_t, store) = open_store();
+    let (_t2, dir) = tempdir();
+    // Debug-info-like: compressible, larger than the threshold.
+    let big: Vec<u8> = (0..300_000u32).flat_map(|i| format!("DW_TAG_{} ", i % 97).into_bytes()).collect();
+    let file = dir.join("lib.ld.o");
+    fs::write(&file, &big).unwrap();
+    let h = store.insert_blob_file(&file).unwrap();
+    assert_eq!(h, blake3::hash(&big).to_hex().as_str(), "the name is the hash of the uncompressed bytes");
+    assert!(!store.blob_path(&h).exists());
+    let blob = store.blob_file(&h).unwrap();
+    assert_eq!(blob.path, store.blob_zstd_path(&h));
+    assert_eq!(blob.encoding, kraft::store::BlobEncoding::Zstd);
+    assert!(blob.stored_size * 5 < big.len() as u64, "{} of {}", blob.stored_size, big.len());
+    assert_eq!(fs::metadata(&blob.path).unwrap().permissions().mode() & 0o777, 0o444);
+    assert_eq!(kraft::store::decompress(&fs::read(&blob.path).unwrap(), big.len() as u64).unwrap(), big);
+    assert_eq!(store.read_blob(&h).unwrap(), big);
+
+    // Restore into a fresh file: exact bytes.
+    let dest = dir.join("restored.o");
+    let mut out = fs::File::create(&dest).unwrap();
+    let got = store.restore_blob(&h, &mut out, &dest).unwrap().unwrap();
+    drop(out);
+    assert_eq!(got.to_hex().as_str(), h);
+    assert_eq!(fs::read(&dest).unwrap(), big);
+
+    // Incompressible large bytes stay raw; small ones too.
+    let mut noise = vec![0u8; 100_000];
+    blake3::Hasher::new().update(b"noise").finalize_xof().fill(&mut noise);
+    let hn = store.insert_blob_bytes(&noise).unwrap();
+    assert_eq!(store.blob_file(&hn).unwrap().encoding, kraft::store::BlobEncoding::Raw);
+    assert_eq!(store.verify(false).unwrap().blobs_checked, 2);
+    assert!(store.verify(false).unwrap().is_clean());
+
+    // A corrupt frame: verify reports it, a restore is a miss and removes it.
+    let mut perms = fs::metadata(&blob.path).unwrap().permissions();
+    perms.set_mode(0o644);
+    fs::set_permissions(&blob.path, perms).unwrap();
+    let mut frame = fs::read(&blob.path).unwrap();
+    let mid = frame.len() / 2;
+    frame[mid] ^= 0x55;
+    fs::write(&blob.path, &frame).unwrap();
+    let report = store.verify(false).unwrap();
+    assert_eq!(report.problems.len(), 1, "{report:?}");
+    assert_eq!(report.problems[0].expected, h);
+    let dest2 = dir.join("restored2.o");
+    let mut out = fs::File::create(&dest2).unwrap();
+    assert!(store.restore_blob(&h, &mut out, &dest2).unwrap().is_none());
+    assert!(!store.has_blob(&h), "the corrupt blob is gone, so the next insert rewrites it");
+    assert_eq!(store.insert_blob_file(&file).unwrap(), h);
+    assert_eq!(store.read_blob(&h).unwrap(), big);
+}

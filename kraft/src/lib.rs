@@ -39,6 +39,7 @@
 //! | [`cache::http`] | the shared cache over bazel-remote's HTTP protocol |
 //! | [`pipeline`] | lock → fetch → no-op check → plan → execute → record → install |
 //! | [`doctor`] | the host programs a build needs, and how to install them |
+//! | [`timings`] | where a build's time goes, per phase |
 //! | [`repro`] | the bit-reproducibility check |
 //! | [`util`] | helpers with one home each: files, hashing, shell quoting |
 
@@ -54,6 +55,7 @@ pub mod repro;
 pub mod session;
 pub mod source;
 pub mod store;
+pub mod timings;
 pub mod util;
 
 pub use diag::{Diagnostic, Location};

@@ -207,6 +207,8 @@ pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcR
     let mut blobs: HashMap<String, Item> = HashMap::new();
     for (_, dir) in subdirs(&root.join("blobs")) {
         for (name, path) in subdirs(&dir) {
+            // Entries name blobs by hash; a compressed blob's file adds `.zst`.
+            let name = name.strip_suffix(crate::store::blob::ZSTD_SUFFIX).map(str::to_owned).unwrap_or(name);
             if let Some(it) = item(path) {
                 blobs.insert(name, it);
             }

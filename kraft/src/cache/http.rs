@@ -259,6 +259,7 @@ impl RemoteCache {
             warnings: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
             uploads: AtomicUsize::new(0),
+            uploaded_bytes: Default::default(),
             dropped: AtomicUsize::new(0),
             pending: Mutex::new(0),
             idle: Condvar::new(),
@@ -318,6 +319,8 @@ pub struct RemoteStats {
     pub hits: usize,
     /// Action entries (and manifests) uploaded.
     pub uploads: usize,
+    /// Bytes of the bodies uploaded (blobs and entries).
+    pub uploaded_bytes: u64,
     /// Warnings printed (at most a few per build).
     pub warnings: Vec<String>,
 }
@@ -333,6 +336,7 @@ struct Inner {
     warnings: Mutex<Vec<String>>,
     hits: AtomicUsize,
     uploads: AtomicUsize,
+    uploaded_bytes: std::sync::atomic::AtomicU64,
     dropped: AtomicUsize,
     pending: Mutex<usize>,
     idle: Condvar,
@@ -569,6 +573,7 @@ impl RemoteTier {
         RemoteStats {
             hits: self.inner.hits.load(Ordering::Relaxed),
             uploads: self.inner.uploads.load(Ordering::Relaxed),
+            uploaded_bytes: self.inner.uploaded_bytes.load(Ordering::Relaxed),
             warnings: self.inner.warnings.lock().unwrap().clone(),
         }
     }

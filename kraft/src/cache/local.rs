@@ -30,13 +30,15 @@
 //! [`ActionCache::add_to_manifest`] also queue an upload, and a local hit
 //! queues one that is sent only if the server lacks the entry. Uploaded
 //! entries carry each output's `sha256` (its CAS name), computed by the
-//! uploader; local entries need not have it.
+//! uploader; local entries need not have it. Large outputs travel as the
+//! store keeps them, one zstd frame (`zstd_size` in the entry, the CAS name
+//! being the frame's SHA-256): a download is checked against that name, then
+//! decoded and checked against the output's blake3 and size.
 //!
 //! A hit touches the entry's mtime: `cache gc` keeps recently used entries
 //! ([`collect_garbage`]).
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
@@ -47,6 +49,8 @@ use serde::{Deserialize, Serialize};
 use crate::exec::fingerprint::Hash;
 use crate::cache::http::{BlobUpload, RemoteTier, Upload};
 use crate::exec::state::{now_ns, Stamp};
+use crate::store::BlobEncoding;
+use super::writer::{Write, Writer};
 use crate::store::Store;
 
 /// `cache gc` lives in [`crate::cache::gc`]; these names stay importable from here.
@@ -70,6 +74,11 @@ pub struct CachedOutput {
     /// entries that went through the remote cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Set in uploaded entries whose CAS entry is one zstd frame of the
+    /// bytes (as the store keeps large outputs): the frame's size. The
+    /// `sha256` then names the frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_size: Option<u64>,
 }
 
 /// What an action produced for one key.
@@ -110,11 +119,25 @@ pub struct ActionCache {
     store: Store,
     dir: Utf8PathBuf,
     remote: Option<Arc<RemoteTier>>,
+    writer: Arc<Writer>,
 }
+
 
 impl ActionCache {
     pub fn new(store: &Store) -> ActionCache {
-        ActionCache { store: store.clone(), dir: store.root().join("ac"), remote: None }
+        ActionCache { store: store.clone(), dir: store.root().join("ac"), remote: None, writer: Arc::default() }
+    }
+
+    /// The same cache with a writer of its own (for the writer's thread,
+    /// which must not hold the writer that waits for it).
+    pub(super) fn without_writer(&self) -> ActionCache {
+        ActionCache { writer: Arc::default(), ..self.clone() }
+    }
+
+    /// Wait until every queued entry and manifest is written; the first
+    /// write error, if any. A build calls it before it returns.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.writer.flush()
     }
 
     /// Put a remote tier behind the local one (for one build).
@@ -184,6 +207,18 @@ impl ActionCache {
                 continue;
             }
             let sha256 = out.sha256.as_deref()?;
+            if let Some(frame_size) = out.zstd_size {
+                let frame = tier.get_blob(sha256, Some(frame_size))?;
+                match crate::store::blob::frame_blake3(&frame, out.size) {
+                    Ok((hash, size)) if hash.to_hex().as_str() == out.blake3 && size == out.size => {}
+                    _ => {
+                        tier.discard_blob(sha256, "it does not decode to the entry's blake3");
+                        return None;
+                    }
+                }
+                self.store.insert_blob_encoded(&out.blake3, BlobEncoding::Zstd, &frame).ok()?;
+                continue;
+            }
             let bytes = tier.get_blob(sha256, Some(out.size))?;
             if blake3::hash(&bytes).to_hex().as_str() != out.blake3 {
                 tier.discard_blob(sha256, "it does not match the entry's blake3");
@@ -196,8 +231,14 @@ impl ActionCache {
         Some(entry)
     }
 
-    /// Record `entry` under `key`. Every blob it names must already be stored.
+    /// Record `entry` under `key` (in the background: see [`ActionCache::flush`]).
+    /// Every blob it names must already be stored.
     pub fn put(&self, key: &Hash, entry: &Entry) -> anyhow::Result<()> {
+        self.writer.send(self, Write::Entry(*key, entry.clone()));
+        Ok(())
+    }
+
+    pub(super) fn put_now(&self, key: &Hash, entry: &Entry) -> anyhow::Result<()> {
         self.write(key, &File::Entry { version: AC_VERSION, entry: entry.clone() })?;
         self.publish(key, entry, false);
         Ok(())
@@ -206,15 +247,23 @@ impl ActionCache {
     /// Queue the upload of an entry and its blobs (when the remote is writable).
     fn publish(&self, key: &Hash, entry: &Entry, only_if_missing: bool) {
         let Some(tier) = self.remote.as_ref().filter(|t| t.writable()) else { return };
-        let blobs = entry
-            .outputs
-            .iter()
-            .map(|o| BlobUpload { path: self.store.blob_path(&o.blake3), sha256: o.sha256.clone() })
-            .collect();
+        // The CAS gets each blob as stored: a compressed blob is sent as its
+        // frame, named by the frame's SHA-256, and the entry says so.
+        let mut frame_sizes = Vec::with_capacity(entry.outputs.len());
+        let mut blobs = Vec::with_capacity(entry.outputs.len());
+        for o in &entry.outputs {
+            let Some(blob) = self.store.blob_file(&o.blake3) else { return };
+            let frame_size = (blob.encoding == BlobEncoding::Zstd).then_some(blob.stored_size);
+            // A known SHA-256 is reused only if it names this very form.
+            let sha256 = o.sha256.clone().filter(|_| o.zstd_size == frame_size);
+            frame_sizes.push(frame_size);
+            blobs.push(BlobUpload { path: blob.path, sha256 });
+        }
         let mut entry = entry.clone();
         let payload = Box::new(move |shas: &[String]| {
-            for (out, sha) in entry.outputs.iter_mut().zip(shas) {
+            for ((out, sha), frame_size) in entry.outputs.iter_mut().zip(shas).zip(frame_sizes) {
                 out.sha256 = Some(sha.clone());
+                out.zstd_size = frame_size;
             }
             serde_json::to_vec(&File::Entry { version: AC_VERSION, entry }).ok()
         });
@@ -256,8 +305,14 @@ impl ActionCache {
         }
     }
 
-    /// Put `discovered` first in the manifest of `prekey`.
+    /// Put `discovered` first in the manifest of `prekey` (in the background,
+    /// after the entries queued before it).
     pub fn add_to_manifest(&self, prekey: &Hash, discovered: &[Utf8PathBuf]) -> anyhow::Result<()> {
+        self.writer.send(self, Write::Manifest(*prekey, discovered.to_vec()));
+        Ok(())
+    }
+
+    pub(super) fn add_to_manifest_now(&self, prekey: &Hash, discovered: &[Utf8PathBuf]) -> anyhow::Result<()> {
         let current = self.local_manifest(prekey);
         if current.first().map(|c| c.as_slice()) == Some(discovered) {
             return Ok(());
@@ -288,6 +343,7 @@ impl ActionCache {
                 size: meta.len(),
                 mode: meta.permissions().mode() & 0o7777,
                 sha256: None,
+                zstd_size: None,
             },
             stamp,
         ))
@@ -316,21 +372,13 @@ impl ActionCache {
                 .suffix(".restore")
                 .tempfile_in(dir)
                 .with_context(|| format!("creating a temporary file in {dir}"))?;
-            let blob = self.store.blob_path(&out.blake3);
-            // fs::copy uses copy_file_range, which reflinks where the file system can.
-            match fs::copy(&blob, tmp.path()) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e).with_context(|| format!("copying {blob}")),
-            }
-            let hashed_at_ns = now_ns();
             let tmp_path = Utf8Path::from_path(tmp.path()).expect("utf-8 temp path").to_owned();
-            let (hash, _) = crate::util::hash::blake3_file(&tmp_path)?;
-            if hash.to_hex().as_str() != out.blake3 {
-                // Corrupt blob: drop it so the next insert rewrites it.
-                let _ = fs::remove_file(&blob);
+            let mut file = tmp.reopen().with_context(|| format!("opening {tmp_path}"))?;
+            let Some(hash) = self.store.restore_blob(&out.blake3, &mut file, &tmp_path)? else {
                 return Ok(None);
-            }
+            };
+            drop(file);
+            let hashed_at_ns = now_ns();
             fs::set_permissions(tmp.path(), fs::Permissions::from_mode(out.mode))
                 .with_context(|| format!("setting the mode of {}", tmp.path().display()))?;
             staged.push((tmp, host, out, hash, hashed_at_ns));

@@ -6,3 +6,4 @@ pub mod gc;
 pub mod http;
 pub mod local;
 pub mod signing;
+mod writer;

@@ -13,6 +13,7 @@ use crate::exec::mounts::MountMap;
 use crate::exec::state::{ActionRecord, Outcome, OutputRecord, StatCache};
 use crate::exec::Runner;
 use crate::plan::graph::{Action, ActionKind, SANDBOX_ROOT};
+use crate::timings::Phase;
 
 /// Read-only context shared by workers.
 pub(crate) struct Shared<'a> {
@@ -22,6 +23,8 @@ pub(crate) struct Shared<'a> {
     pub cache: ActionCache,
     pub stats: &'a StatCache,
     pub env: Hash,
+    /// Busy time per phase (see [`crate::timings`]).
+    pub clock: &'a crate::timings::Clock,
 }
 
 pub(crate) enum Done {
@@ -106,7 +109,7 @@ impl Shared<'_> {
         let mut fp = Fingerprint {
             script: fingerprint::script_hash(action, &script),
             env: self.env,
-            inputs: self.hash_all(&inputs)?,
+            inputs: self.clock.time(Phase::Keys, || self.hash_all(&inputs))?,
             discovered: Vec::new(),
         };
         let reason = match old {
@@ -151,14 +154,14 @@ impl Shared<'_> {
         }
         for discovered in candidates {
             let key = key_from(prekey, &discovered);
-            let Some(entry) = self.cache.get(&key) else { continue };
+            let Some(entry) = self.clock.time(Phase::Lookup, || self.cache.get(&key)) else { continue };
             if !entry.discovered.iter().eq(discovered.iter().map(|(p, _)| p))
                 || !entry.outputs.iter().map(|o| &o.path).eq(action.outputs.iter())
             {
                 continue;
             }
             let to_host = |p: &Utf8Path| self.mounts.to_host(p).unwrap_or_else(|| p.to_owned());
-            let Some(restored) = self.cache.restore(&entry, &to_host)? else { continue };
+            let Some(restored) = self.clock.time(Phase::Restore, || self.cache.restore(&entry, &to_host))? else { continue };
             let mut outputs = Vec::new();
             for r in restored {
                 self.stats.record(r.path.as_str(), &r.host, r.stamp, r.hash, r.hashed_at_ns);
@@ -192,7 +195,8 @@ impl Shared<'_> {
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("removing stale {host}")).into()),
             }
         }
-        let output = self.runner.run(&action.script, &action.cwd)?;
+        self.clock.note_spawn();
+        let output = self.clock.time(Phase::of(action.kind), || self.runner.run(&action.script, &action.cwd))?;
         let stdout = self.inside_text(&String::from_utf8_lossy(&output.stdout));
         let stderr = self.inside_text(&String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
@@ -224,7 +228,7 @@ impl Shared<'_> {
         for out in &action.outputs {
             let host = self.host(out)?;
             let hashed_at = crate::exec::state::now_ns();
-            let (c, stamp) = self.cache.store_output(out, &host)?;
+            let (c, stamp) = self.clock.time(Phase::StoreWrite, || self.cache.store_output(out, &host))?;
             let hash = Hash::from_hex(&c.blake3).context("store returned a malformed blob hash")?;
             self.stats.note_hashed();
             self.stats.record(out.as_str(), &host, stamp, hash, hashed_at);
@@ -232,7 +236,7 @@ impl Shared<'_> {
             cached.push(c);
         }
         let key = fp.key();
-        self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr)?;
+        self.clock.time(Phase::CacheWrite, || self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr))?;
         let record = Box::new(ActionRecord { key, fingerprint: fp, outputs });
         Ok(Done::Finished { record, outcome: Outcome::Ran, reason, stdout, stderr })
     }

@@ -214,6 +214,8 @@ pub struct BuildReport {
     /// Host paths of every file the build read or wrote (sources, headers,
     /// outputs, toolchain programs): what a later no-op check must stat.
     pub watched: Vec<Utf8PathBuf>,
+    /// Busy time per phase (compile, link, restore, store writes, ...).
+    pub timings: crate::timings::Timings,
 }
 
 impl BuildReport {

@@ -71,7 +71,9 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         None => Toolchain::from_components(Default::default()),
     };
     let remote = ctx.remote.map(|r| Arc::new(r.start()));
+    let clock = crate::timings::Clock::default();
     let shared = Shared {
+        clock: &clock,
         runner: ctx.runner,
         mounts,
         cache: ActionCache::new(ctx.store).with_remote(remote.clone()),
@@ -252,6 +254,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         drop(job_tx);
     });
 
+    let flushed = shared.cache.flush();
     for (u, span) in unit_span.iter().enumerate() {
         if let Some((a, b)) = span {
             report.units[u].wall = *b - *a;
@@ -263,6 +266,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         report.remote_hits = stats.hits;
         report.remote_uploads = stats.uploads;
         report.remote_warnings = stats.warnings;
+        ctx.store.count_uploaded(stats.uploaded_bytes);
     }
 
     // Forget actions no longer in the graph? No: keep them (switching
@@ -275,6 +279,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     report.files_hashed = stats.files_hashed();
     report.watched = stats.used_keys().iter().map(|key| to_host(key)).collect();
     report.duration = start.elapsed();
+    report.timings = clock.snapshot();
     // A build that did nothing changes nothing worth writing: the records are
     // the old ones and no file was hashed. Skipping the save keeps a no-op
     // build read-only (and `explain` on the last build that did work).
@@ -300,6 +305,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         f.report = report;
         return Err(f.into());
     }
+    flushed?;
     if cycle {
         anyhow::bail!("dependency cycle: {} of {total} actions could not be scheduled", total - done);
     }

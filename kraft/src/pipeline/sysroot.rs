@@ -107,6 +107,7 @@ pub fn build_musl(fetcher: &Fetcher<'_>, recipes: &RecipeBook, opts: &SysrootOpt
             make_runs: 0,
             elapsed: start.elapsed(),
             warnings: Vec::new(),
+            make_seconds: Vec::new(),
         };
         let report = BuildReport { total: snapshot.actions, up_to_date: snapshot.actions, duration: start.elapsed(), ..Default::default() };
         return Ok(SysrootBuild { sysroot: opts.out.clone(), source, build, plan, report });

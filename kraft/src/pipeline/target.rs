@@ -44,6 +44,8 @@ pub struct TargetBuild {
     pub make_runs: usize,
     /// Wall time of planning (loading the cached plan on a no-op).
     pub plan_seconds: f64,
+    /// Each make run of the plan (its first argument) and its wall time.
+    pub make_seconds: Vec<(String, f64)>,
     /// Set when the no-op check found nothing changed: how many files it stated.
     pub noop_check: Option<usize>,
     pub report: BuildReport,
@@ -202,6 +204,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
             plan_cached: true,
             make_runs: 0,
             plan_seconds: 0.0,
+            make_seconds: Vec::new(),
             noop_check: Some(snapshot.files.len()),
             report,
             graph: Graph::default(),
@@ -283,6 +286,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
         plan_cached: plan.cached,
         make_runs: plan.make_runs,
         plan_seconds: plan.elapsed.as_secs_f64(),
+        make_seconds: plan.make_seconds.clone(),
         report,
         graph: plan.graph,
         wall: start.elapsed(),

@@ -153,6 +153,8 @@ pub struct Plan {
     pub make_runs: usize,
     /// Wall time of the whole call.
     pub elapsed: Duration,
+    /// Each make run (its first argument) and its wall time, in order.
+    pub make_seconds: Vec<(String, f64)>,
     /// Requested kconfig values that `.config` does not have after
     /// `make defconfig` (unknown symbol or unmet dependency).
     pub warnings: Vec<String>,
@@ -184,16 +186,20 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
                 crate::util::fs::copy_tree(entry.join("prepared"), &input.build)?;
                 write_marker(&input.build, &key)?;
             }
-            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
+            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
         }
     }
 
     let make = input.make_command();
     let build = inside_build();
     let mut make_runs = 0;
+    let mut make_seconds = Vec::new();
     let mut run_make = |args: &str| -> Result<std::process::Output> {
         make_runs += 1;
-        sandbox.run(&format!("{make} {args}"), &build)
+        let began = Instant::now();
+        let out = sandbox.run(&format!("{make} {args}"), &build);
+        make_seconds.push((args.split_whitespace().next().unwrap_or("").to_owned(), began.elapsed().as_secs_f64()));
+        out
     };
     let failed = |args: &str, out: &std::process::Output| -> anyhow::Error {
         anyhow::anyhow!(
@@ -258,7 +264,7 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
         cache::store_cached_with(entry, &graph, &warnings, &input.build, &placed)?;
     }
     write_marker(&input.build, &key)?;
-    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
+    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings, make_seconds })
 }
 
 /// Copies `input.origins` (archives a recipe places) into the build dir.

@@ -110,15 +110,18 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
                 crate::util::fs::copy_tree(entry.join("prepared"), &input.build)?;
                 plan::write_marker(&input.build, &key)?;
             }
-            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings });
+            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
         }
     }
 
     plan::clear_dir(&input.build)?;
     let build = inside_build();
     let mut make_runs = 0;
+    let make_seconds = std::cell::RefCell::new(Vec::new());
     let run = |what: &str, script: &str| -> Result<String> {
+        let began = Instant::now();
         let out = sandbox.run(script, &build)?;
+        make_seconds.borrow_mut().push((what.to_owned(), began.elapsed().as_secs_f64()));
         if !out.status.success() {
             bail!(
                 "`{what}` failed in the {} sandbox ({}):\n{}{}",
@@ -151,7 +154,7 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
         plan::store_cached(entry, &graph, &warnings, &input.build)?;
     }
     plan::write_marker(&input.build, &key)?;
-    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings })
+    Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings, make_seconds: make_seconds.into_inner() })
 }
 
 fn assign_units(graph: &mut Graph, input: &MakePlanInput) {

@@ -10,10 +10,18 @@ pub fn run(session: &Session, command: &CacheCommand) -> anyhow::Result<()> {
     match command {
         CacheCommand::Stats => {
             let root = session.store.root();
-            for dir in ["trees", "archives", "blobs", "ac", "git"] {
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            let mut total = 0;
+            for dir in ["trees", "archives", "blobs", "ac", "plans", "git"] {
                 let (files, bytes) = du(&root.join(dir));
-                session.output.status("Store", &format!("{dir:<9} {files:>8} files {:>10.1} MiB", bytes as f64 / (1024.0 * 1024.0)));
+                total += bytes;
+                session.output.status("Store", &format!("{dir:<9} {files:>8} files {:>10.1} MiB", mib(bytes)));
             }
+            let (compressed, compressed_bytes) = du_matching(&root.join("blobs"), kraft::store::blob::ZSTD_SUFFIX);
+            session.output.status("Store", &format!("blobs    {compressed:>8} zstd    {:>10.1} MiB (the rest stored as they are)", mib(compressed_bytes)));
+            session.output.status("Store", &format!("total    {:>25.1} MiB in {root}", mib(total)));
+            let counters = session.store.counters();
+            session.output.status("Uploaded", &format!("{:.1} MiB to the team cache by this store's builds", mib(counters.uploaded_bytes)));
             Ok(())
         }
         CacheCommand::Verify => {
@@ -120,6 +128,19 @@ fn du(dir: &camino::Utf8Path) -> (u64, u64) {
     let mut bytes = 0;
     for entry in walkdir::WalkDir::new(dir).into_iter().filter_map(Result::ok) {
         if entry.file_type().is_file() {
+            files += 1;
+            bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    (files, bytes)
+}
+
+/// Files under `dir` whose name ends with `suffix`, and their bytes.
+fn du_matching(dir: &camino::Utf8Path, suffix: &str) -> (u64, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    for entry in walkdir::WalkDir::new(dir).into_iter().filter_map(Result::ok) {
+        if entry.file_type().is_file() && entry.file_name().to_string_lossy().ends_with(suffix) {
             files += 1;
             bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
         }

@@ -76,7 +76,10 @@ impl Inner {
             return false;
         }
         match self.agent.put(&self.url(kind, name)).send(body) {
-            Ok(response) if response.status().is_success() => true,
+            Ok(response) if response.status().is_success() => {
+                self.uploaded_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                true
+            }
             Ok(response) => {
                 self.fail(&format!("PUT /{kind}/{name}"), &format!("HTTP {}", response.status().as_u16()));
                 false

@@ -6,7 +6,13 @@
 //! A scenario has an untimed `prepare` and a timed `run` for each side;
 //! `prepare` brings the tree/store into the state the scenario describes
 //! (fresh copy, empty store, an edited file, ...).
+//!
+//! Each timed run is also accounted for ([`RunUse`]): the process's own CPU
+//! against its children's (getrusage), its peak RSS (VmHWM, reset before the
+//! run), and for our side the phases the build reported ([`Phases`], handed
+//! over by the scenario through [`record_phases`]).
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -55,6 +61,145 @@ pub struct ScenarioResult {
     pub ratio_median: f64,
     pub ratio_min: f64,
     pub ratio_max: f64,
+    /// What each run of ours used, in run order.
+    pub ours_use: Vec<RunUse>,
+    pub baseline_use: Vec<RunUse>,
+    /// For scenarios with a known floor: notes such as the share of make's
+    /// CPU spent on the objects the change reaches.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where one of our builds spent its time (filled from the build reports).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phases {
+    /// Planning wall time (0 when the plan came from the cache or the no-op check answered).
+    pub plan_s: f64,
+    /// Each make run of the plan and its wall time.
+    pub make_s: Vec<(String, f64)>,
+    /// The executor's wall time.
+    pub exec_s: f64,
+    /// Busy time per phase, summed over workers.
+    pub busy: kraft::timings::Timings,
+    /// `busy.spawns` (plus make runs) times the measured cost of one
+    /// sandbox start (see `sandbox_start_s` in the JSON's head).
+    pub sandbox_start_est_s: f64,
+    pub actions_run: usize,
+    pub actions_restored: usize,
+    /// Store size on disk after the run, and bytes sent to the remote cache.
+    pub store_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub downloaded_bytes: u64,
+}
+
+impl Phases {
+    /// Add one target's build (a scenario may build several).
+    pub fn add_build(&mut self, plan_s: f64, make_s: &[(String, f64)], report: &kraft::exec::BuildReport) {
+        self.plan_s += plan_s;
+        self.make_s.extend(make_s.iter().cloned());
+        self.exec_s += report.duration.as_secs_f64();
+        self.busy = self.busy.plus(&report.timings);
+        self.actions_run += report.run;
+        self.actions_restored += report.restored;
+    }
+}
+
+/// Resources of one timed run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunUse {
+    pub wall_s: f64,
+    /// CPU (user + system) of this process: the tool itself (zero for a baseline, which runs in children).
+    pub self_cpu_s: f64,
+    /// CPU of the children waited for during the run (compilers, make, bwrap).
+    pub children_cpu_s: f64,
+    /// Peak resident set of this process during the run.
+    pub peak_rss_mb: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+thread_local! {
+    static PHASES: RefCell<Option<Phases>> = const { RefCell::new(None) };
+    static STORE_DIR: RefCell<Option<camino::Utf8PathBuf>> = const { RefCell::new(None) };
+    static SPAWN_COST_S: RefCell<f64> = const { RefCell::new(0.0) };
+}
+
+/// Bytes our side sent to and fetched from a team cache in the run in
+/// progress (after [`record_phases`]).
+pub fn record_traffic(uploaded: u64, downloaded: u64) {
+    PHASES.with(|p| {
+        if let Some(p) = p.borrow_mut().as_mut() {
+            p.uploaded_bytes = uploaded;
+            p.downloaded_bytes = downloaded;
+        }
+    });
+}
+
+/// The store our side uses: its size is taken after each run (untimed).
+pub fn set_store_dir(dir: Option<camino::Utf8PathBuf>) {
+    STORE_DIR.with(|d| *d.borrow_mut() = dir);
+}
+
+/// What one sandbox start costs (see `account::sandbox_start_seconds`).
+pub fn set_spawn_cost(seconds: f64) {
+    SPAWN_COST_S.with(|c| *c.borrow_mut() = seconds);
+}
+
+/// Hand the phases of the run in progress to [`measure`] (our side calls it
+/// after its builds).
+pub fn record_phases(phases: Phases) {
+    PHASES.with(|p| *p.borrow_mut() = Some(phases));
+}
+
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Reset the peak-RSS mark (`/proc/self/clear_refs`, Linux ≥ 4.0).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// VmHWM in MiB (0 where /proc is not there).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Run `f` and say what it used.
+fn metered(f: &mut dyn FnMut() -> Result<()>) -> Result<RunUse> {
+    reset_peak_rss();
+    PHASES.with(|p| p.borrow_mut().take());
+    let (self0, children0) = (cpu_seconds(libc::RUSAGE_SELF), cpu_seconds(libc::RUSAGE_CHILDREN));
+    let start = Instant::now();
+    f()?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let mut phases = PHASES.with(|p| p.borrow_mut().take());
+    if let Some(p) = &mut phases {
+        let spawns = p.busy.spawns + p.make_s.len();
+        p.sandbox_start_est_s = spawns as f64 * SPAWN_COST_S.with(|c| *c.borrow());
+        if let Some(dir) = STORE_DIR.with(|d| d.borrow().clone()) {
+            p.store_bytes = super::account::tree_bytes(&dir);
+        }
+    }
+    Ok(RunUse {
+        wall_s,
+        self_cpu_s: cpu_seconds(libc::RUSAGE_SELF) - self0,
+        children_cpu_s: cpu_seconds(libc::RUSAGE_CHILDREN) - children0,
+        peak_rss_mb: peak_rss_mb(),
+        phases,
+    })
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -71,14 +216,25 @@ pub fn median(v: &[f64]) -> f64 {
 pub fn measure(scenario: &mut Scenario<'_>, runs: usize, log: &dyn Fn(&str)) -> Result<ScenarioResult> {
     let mut ours = Vec::new();
     let mut baseline = Vec::new();
+    let mut ours_use = Vec::new();
+    let mut baseline_use = Vec::new();
     for i in 0..runs {
-        for (side, times, label) in [(&mut scenario.ours, &mut ours, "ours"), (&mut scenario.baseline, &mut baseline, "baseline")] {
+        for (side, times, uses, label) in
+            [(&mut scenario.ours, &mut ours, &mut ours_use, "ours"), (&mut scenario.baseline, &mut baseline, &mut baseline_use, "baseline")]
+        {
             (side.prepare)(i)?;
-            let start = Instant::now();
-            (side.run)(i)?;
-            let t = start.elapsed().as_secs_f64();
-            log(&format!("  {} run {}/{runs} {label}: {t:.2}s", scenario.name, i + 1));
+            let used = metered(&mut || (side.run)(i))?;
+            let t = used.wall_s;
+            log(&format!(
+                "  {} run {}/{runs} {label}: {t:.2}s (cpu: tool {:.2}s, children {:.2}s; peak rss {:.0} MiB)",
+                scenario.name,
+                i + 1,
+                used.self_cpu_s,
+                used.children_cpu_s,
+                used.peak_rss_mb
+            ));
             times.push(t);
+            uses.push(used);
         }
     }
     let ratios: Vec<f64> = ours.iter().zip(&baseline).map(|(o, b)| o / b).collect();
@@ -93,6 +249,9 @@ pub fn measure(scenario: &mut Scenario<'_>, runs: usize, log: &dyn Fn(&str)) -> 
         ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         ours_s: ours,
         baseline_s: baseline,
+        ours_use,
+        baseline_use,
+        extra: Default::default(),
     })
 }
 
@@ -107,6 +266,60 @@ pub fn format_table(results: &[ScenarioResult]) -> String {
             "{:<28} {:>5} {:>9.2}s {:>9.2}s {:>8.3} {:>8.3} {:>8.3}\n",
             r.name, r.runs, r.ours_median_s, r.baseline_median_s, r.ratio_median, r.ratio_min, r.ratio_max
         ));
+    }
+    out
+}
+
+/// One line per scenario: where the median run of ours spent its time.
+pub fn format_phases(results: &[ScenarioResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        let mut runs: Vec<&RunUse> = r.ours_use.iter().collect();
+        runs.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
+        let Some(u) = runs.get(runs.len() / 2) else { continue };
+        let base_cpu = median(&r.baseline_use.iter().map(|b| b.children_cpu_s).collect::<Vec<_>>());
+        let mut line = format!("{:<20} {:>6.2}s", r.name, u.wall_s);
+        if let Some(p) = &u.phases {
+            let makes: Vec<String> = p.make_s.iter().map(|(what, s)| format!("{what} {s:.1}")).collect();
+            let b = &p.busy;
+            line.push_str(&format!(
+                " | plan {:.1}s [{}] | exec {:.1}s: sandbox~{:.1}s ({} spawns) compile {:.1}s link {:.1}s script {:.1}s keys {:.1}s lookup {:.1}s restore {:.1}s store {:.1}s ac {:.1}s | run {} restored {}",
+                p.plan_s,
+                makes.join(", "),
+                p.exec_s,
+                p.sandbox_start_est_s,
+                b.spawns,
+                b.compile_s,
+                b.link_s,
+                b.script_s,
+                b.keys_s,
+                b.lookup_s,
+                b.restore_s,
+                b.store_write_s,
+                b.cache_write_s,
+                p.actions_run,
+                p.actions_restored
+            ));
+            if p.store_bytes > 0 {
+                line.push_str(&format!(" | store {:.0} MiB", p.store_bytes as f64 / 1048576.0));
+            }
+            if p.uploaded_bytes + p.downloaded_bytes > 0 {
+                line.push_str(&format!(
+                    " | up {:.0} MiB down {:.0} MiB",
+                    p.uploaded_bytes as f64 / 1048576.0,
+                    p.downloaded_bytes as f64 / 1048576.0
+                ));
+            }
+        }
+        line.push_str(&format!(
+            " | cpu tool {:.1}s children {:.1}s (make {:.1}s) | rss {:.0} MiB",
+            u.self_cpu_s, u.children_cpu_s, base_cpu, u.peak_rss_mb
+        ));
+        for (k, v) in &r.extra {
+            line.push_str(&format!(" | {k} {v}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
     }
     out
 }

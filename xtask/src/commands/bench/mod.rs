@@ -19,11 +19,24 @@
 //! github.com/unikraft; otherwise skipped with one line), each against
 //! Unikraft's `make -j<jobs>` run directly on a checkout in a temp dir with
 //! the same `.config`: `uk/cold`, `uk/no-op`, `uk/printk-flip`,
-//! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`.
+//! `uk/edit-main`, `uk/warm-fresh`, `uk/second-app`, `uk/config-revert`
+//! (flip the printk level and build, flip back: the timed build is all in
+//! the store), `uk/cold-j1` and `musl/cold-j1` (one job each side: the cost
+//! per action without scheduling), `uk/remote-warm` (empty store and output
+//! dir, a team cache on nginx filled by one build; bytes on the wire).
+//!
+//! Every run is accounted for (`measure::RunUse`): the tool's own CPU
+//! against its children's, its peak RSS, and for our side the phases the
+//! build reports (each make run of the plan, an estimate of sandbox starts,
+//! busy time compiling, linking, restoring, writing the store, ...), the
+//! store's size, and for printk-flip, second-app and config-revert the
+//! floor: the compile time of the objects that read the config header.
 
 
+pub mod account;
 pub mod measure;
 pub mod musl;
+pub mod nginx;
 pub mod unikraft;
 
 use anyhow::Result;
@@ -46,6 +59,9 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     let log = |m: &str| eprintln!("{m}");
     let mut results = Vec::new();
     let work = out_dir.join("work");
+    let spawn_cost = account::sandbox_start_seconds(20)?;
+    measure::set_spawn_cost(spawn_cost);
+    log(&format!("one sandbox start costs {:.1} ms (median of 20, beyond a plain bash -c)", spawn_cost * 1000.0));
     musl::musl_scenarios(session, opts, &work.join("musl"), &mut results, &log)?;
     if unikraft_mirrored(session) {
         unikraft::scenarios(session, opts, &work.join("unikraft"), &mut results, &log)?;
@@ -54,9 +70,11 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     }
     let _ = musl::remove(&work);
     print!("{}", format_table(&results));
+    print!("{}", measure::format_phases(&results));
     let json = serde_json::json!({
         "runs": opts.runs,
         "jobs": opts.jobs,
+        "sandbox_start_s": spawn_cost,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "scenarios": results,
     });

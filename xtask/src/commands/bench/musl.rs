@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
-use super::measure::{measure, BenchOptions, Scenario, ScenarioResult, Side};
+use super::measure::{measure, record_phases, set_store_dir, BenchOptions, Phases, Scenario, ScenarioResult, Side};
 use kraft::pipeline::sysroot::{build_musl, unpacked_archive, SysrootOptions, MUSL_RECIPE};
 use kraft::source::fetch::{Fetcher, NetworkMode};
 use kraft::source::recipe::ComponentKind;
@@ -63,13 +63,20 @@ pub fn musl_scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, r
     let ours_src = root.join("ours-src");
     let base_src = root.join("base-src");
 
-    let build = |src: &Utf8Path, work: &str| -> Result<kraft::exec::BuildReport> {
+    let build_j = |src: &Utf8Path, work: &str, jobs: usize| -> Result<kraft::exec::BuildReport> {
         let store = Store::open(store_dir.clone())?;
         let mirrors = kraft::source::mirror::Mirrors::default();
         let fetcher = Fetcher::new(&store, &mirrors, NetworkMode { offline: true });
         let o = SysrootOptions { source: Some(src.to_owned()), work: root.join(work), out: root.join(work).join("sysroot"), jobs };
-        Ok(build_musl(&fetcher, &session.recipes, &o)?.report)
+        let built = build_musl(&fetcher, &session.recipes, &o)?;
+        let mut phases = Phases::default();
+        let plan_s = if built.plan.cached { 0.0 } else { built.plan.elapsed.as_secs_f64() };
+        phases.add_build(plan_s, &built.plan.make_seconds, &built.report);
+        record_phases(phases);
+        Ok(built.report)
     };
+    let build = |src: &Utf8Path, work: &str| build_j(src, work, jobs);
+    set_store_dir(Some(store_dir.clone()));
     let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
 
     let mut scenarios: Vec<Scenario<'_>> = Vec::new();
@@ -90,6 +97,25 @@ pub fn musl_scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, r
                 },
             ),
             baseline: Side::new(|_| fresh_copy(&pristine, &base_src), |_| sh(&configure_make, &base_src)),
+        });
+    }
+    if want("musl/cold-j1") {
+        scenarios.push(Scenario {
+            name: "musl/cold-j1".into(),
+            description: "as musl/cold, one job on both sides: the cost per action without scheduling".into(),
+            ours: Side::new(
+                |_| {
+                    remove(&store_dir)?;
+                    remove(&root.join("work"))?;
+                    fresh_copy(&pristine, &ours_src)
+                },
+                |_| {
+                    let r = build_j(&ours_src, "work", 1)?;
+                    anyhow::ensure!(r.run == r.total, "cold build restored something: {r:?}");
+                    Ok(())
+                },
+            ),
+            baseline: Side::new(|_| fresh_copy(&pristine, &base_src), |_| sh("./configure >/dev/null && make -j1 lib/libc.a >/dev/null", &base_src)),
         });
     }
     if want("musl/no-op") {

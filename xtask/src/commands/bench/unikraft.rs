@@ -10,12 +10,23 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
-use super::measure::{measure, BenchOptions, Scenario, ScenarioResult, Side};
+use std::time::Duration;
+
+use super::account::Floor;
+use super::measure::{measure, record_phases, record_traffic, set_store_dir, BenchOptions, Phases, Scenario, ScenarioResult, Side};
+use super::nginx::{Nginx, Traffic};
+use kraft::cache::http::{RemoteCache, RemoteOptions};
 use kraft::session::Options;
 use kraft::source::recipe::ComponentKind;
 use kraft::session::Session;
 
 const VERSION: &str = "0.16.3";
+/// The generated Kconfig header every configuration change rewrites.
+const CONFIG_HEADER: &str = "/uk/bits/config.h";
+/// The team cache's secret in uk/remote-warm (a private server on loopback).
+/// The bench signs and trusts its own throwaway key (seed fixed: the bench
+/// measures transfers, not trust).
+const REMOTE_SEED: [u8; 32] = [7; 32];
 
 fn sh(script: &str, cwd: &Utf8Path) -> Result<()> {
     let out = Command::new("bash").arg("-c").arg(script).current_dir(cwd).output()?;
@@ -75,6 +86,14 @@ fn mirror_clone(session: &Session, repo: &str, rev: &str, dest: &Utf8Path) -> Re
 }
 
 pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, results: &mut Vec<ScenarioResult>, log: &dyn Fn(&str)) -> Result<()> {
+    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
+    const NAMES: [&str; 10] = [
+        "uk/cold", "uk/no-op", "uk/printk-flip", "uk/edit-main", "uk/warm-fresh", "uk/second-app",
+        "uk/config-revert", "uk/cold-j1", "uk/remote-warm", "uk/",
+    ];
+    if !NAMES.iter().any(|n| want(n)) {
+        return Ok(()); // the filter selects no Unikraft scenario: skip the checkouts and the first build
+    }
     if root.exists() {
         std::fs::remove_dir_all(root)?;
     }
@@ -99,15 +118,25 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     let app2 = root.join("apps/hellotwo");
     write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
     write_app(&app2, &root.join("app-helloworld"), "hellotwo", "err")?;
-    let session_for = || -> Result<Session> {
-        let global = Options { store: Some(store_dir.clone()), jobs: Some(jobs), ..Options::default() };
-        Session::new(session.workspace.clone(), &global)
-    };
-    let ours = |app: &Utf8Path| -> Result<kraft::pipeline::target::TargetBuild> {
-        let s = session_for()?;
+    // The team cache of uk/remote-warm (started only when that scenario runs).
+    let server = if want("uk/remote-warm") { Some(Nginx::start(&root.join("nginx"))?) } else { None };
+    let remote = server.as_ref().map(|s| {
+        let options = RemoteOptions { upload_wait: Duration::from_secs(900), queue_capacity: 1 << 20, ..RemoteOptions::default() };
+        RemoteCache::from_config(Some(&s.url()), kraft::cache::signing::CacheKeys::none().signing("bench", REMOTE_SEED)).expect("a URL").with_options(options)
+    });
+    let build_with = |app: &Utf8Path, store: &Utf8Path, jobs: usize, remote: Option<&RemoteCache>| -> Result<kraft::pipeline::target::TargetBuild> {
+        // The ordinary scenarios never talk to a team cache, whatever the environment says.
+        let global = Options { store: Some(store.to_owned()), jobs: Some(jobs), remote_cache: Some(String::new()), ..Options::default() };
+        let mut s = Session::new(session.workspace.clone(), &global)?;
+        s.remote = remote.cloned();
         let (_, mut builds) = kraft::pipeline::target::build_app(&s, app.as_str(), Some("qemu/x86_64"))?;
-        builds.pop().context("no target built")
+        let build = builds.pop().context("no target built")?;
+        let mut phases = Phases::default();
+        phases.add_build(build.plan_seconds, &build.make_seconds, &build.report);
+        record_phases(phases);
+        Ok(build)
     };
+    let ours = |app: &Utf8Path| build_with(app, &store_dir, jobs, None);
     let out_of = |name: &str| session.workspace.output_dir(name, "qemu-x86_64");
     // Baseline tree: checkout + app + build dir with our .config and the tarball.
     let base = root.join("base");
@@ -128,7 +157,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         std::fs::write(base_build.join(".config"), config_of(name)?)?;
         Ok(())
     };
-    let make = |name: &str| -> Result<()> {
+    let make_j = |name: &str, jobs: usize| -> Result<()> {
         sh(
             &format!(
                 "make -C {base}/unikraft A={} L={base}/libs/musl O={b} C={b}/.config -j{jobs} >{base}/make.log 2>&1 </dev/null || {{ tail -n 40 {base}/make.log; exit 1; }}",
@@ -138,11 +167,30 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             &base,
         )
     };
+    let make = |name: &str| make_j(name, jobs);
     let wipe_ours = |name: &str| -> Result<()> {
         let out = out_of(name);
         if out.exists() {
             std::fs::remove_dir_all(&out)?;
         }
+        Ok(())
+    };
+    let set_base_level = |level: &str| -> Result<()> {
+        let on = printk_symbol(level);
+        let all = ["info", "warn", "err", "crit"].map(printk_symbol);
+        let cfg = std::fs::read_to_string(base_build.join(".config"))?;
+        let cfg: String = cfg
+            .lines()
+            .map(|l| {
+                let symbol = all.iter().find(|s| l.starts_with(&format!("{s}=")) || l == format!("# {s} is not set"));
+                match symbol {
+                    Some(s) if *s == on => format!("{s}=y\n"),
+                    Some(s) => format!("# {s} is not set\n"),
+                    None => format!("{l}\n"),
+                }
+            })
+            .collect();
+        std::fs::write(base_build.join(".config"), cfg)?;
         Ok(())
     };
     let set_loglevel = |dir: &Utf8Path, name: &str, level: &str| std::fs::write(dir.join("Kraftfile"), kraftfile(name, level));
@@ -152,10 +200,35 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         std::fs::write(dir.join("main.c"), t)?;
         Ok(())
     };
-    // One untimed build of ours first: the baseline needs our .config.
-    ours(&app1)?;
+    // One untimed build of ours first: the baseline needs our .config. It
+    // is a cold build, so its state says what each action cost (the floor
+    // of a configuration change), and it fills the team cache.
+    set_store_dir(None);
+    wipe_ours("helloworld")?; // a cold build: every action runs (and reaches the team cache)
+    let filled = build_with(&app1, &store_dir, jobs, remote.as_ref())?;
+    let floor = Floor::of(&filled.state_path, CONFIG_HEADER);
+    let fill_bytes = server.as_ref().map(|s| s.traffic()).unwrap_or_default();
+    log(&format!(
+        "cold build: {} of {} actions read {CONFIG_HEADER}: {:.0}% of the busy time ({:.1}s of {:.1}s); {:.1} MiB uploaded to the team cache",
+        floor.reading_actions,
+        floor.all_actions,
+        floor.share() * 100.0,
+        floor.reading_s,
+        floor.all_s,
+        fill_bytes.uploaded as f64 / 1048576.0
+    ));
+    set_store_dir(Some(store_dir.clone()));
+    let floor_extra = |r: &mut ScenarioResult| {
+        // Floor of a change reaching every object that reads the config
+        // header: their compile time over the jobs, against make's time.
+        let floor_s = floor.reading_s / jobs as f64;
+        r.extra.insert("floor_share_of_compile_time".into(), serde_json::json!((floor.share() * 1000.0).round() / 1000.0));
+        r.extra.insert("floor_s".into(), serde_json::json!((floor_s * 100.0).round() / 100.0));
+        r.extra.insert("floor_ratio".into(), serde_json::json!(((floor_s / r.baseline_median_s) * 1000.0).round() / 1000.0));
+    };
 
-    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
+    let remote_store = root.join("store-remote");
+    let traffic_before = std::cell::Cell::new(Traffic::default());
     let mut list: Vec<Scenario<'_>> = Vec::new();
     if want("uk/cold") {
         list.push(Scenario {
@@ -183,27 +256,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             name: "uk/printk-flip".into(),
             description: "printk level flipped (CONFIG_LIBUKDEBUG_PRINTK_INFO <-> _ERR)".into(),
             ours: Side::new(|i| set_loglevel(&app1, "helloworld", FLIP_LEVELS[i % 3]).map_err(Into::into), |_| ours(&app1).map(drop)),
-            baseline: Side::new(
-                |i| {
-                    let on = printk_symbol(FLIP_LEVELS[i % 3]);
-                    let all = ["info", "warn", "err", "crit"].map(printk_symbol);
-                    let cfg = std::fs::read_to_string(base_build.join(".config"))?;
-                    let cfg: String = cfg
-                        .lines()
-                        .map(|l| {
-                            let symbol = all.iter().find(|s| l.starts_with(&format!("{s}=")) || l == format!("# {s} is not set"));
-                            match symbol {
-                                Some(s) if *s == on => format!("{s}=y\n"),
-                                Some(s) => format!("# {s} is not set\n"),
-                                None => format!("{l}\n"),
-                            }
-                        })
-                        .collect();
-                    std::fs::write(base_build.join(".config"), cfg)?;
-                    Ok(())
-                },
-                |_| make("helloworld"),
-            ),
+            baseline: Side::new(|i| set_base_level(FLIP_LEVELS[i % 3]), |_| make("helloworld")),
         });
     }
     if want("uk/edit-main") {
@@ -246,9 +299,83 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             ),
         });
     }
+    if want("uk/config-revert") {
+        list.push(Scenario {
+            name: "uk/config-revert".into(),
+            description: "printk level flipped and built, then flipped back: the second build (timed) is all in the store".into(),
+            ours: Side::new(
+                |i| {
+                    set_loglevel(&app1, "helloworld", FLIP_LEVELS[i % 3])?;
+                    ours(&app1)?;
+                    set_loglevel(&app1, "helloworld", "err").map_err(Into::into)
+                },
+                |_| ours(&app1).map(drop),
+            ),
+            baseline: Side::new(
+                |i| {
+                    if i == 0 {
+                        prepare_base("helloworld", &app1)?;
+                        make("helloworld")?;
+                    }
+                    set_base_level(FLIP_LEVELS[i % 3])?;
+                    make("helloworld")?;
+                    set_base_level("err")
+                },
+                |_| make("helloworld"),
+            ),
+        });
+    }
+    if want("uk/cold-j1") {
+        list.push(Scenario {
+            name: "uk/cold-j1".into(),
+            description: "as uk/cold, one job on both sides: the cost per action without scheduling".into(),
+            ours: Side::new(
+                |_| {
+                    if store_dir.exists() {
+                        std::fs::remove_dir_all(&store_dir)?;
+                    }
+                    wipe_ours("helloworld")
+                },
+                |_| build_with(&app1, &store_dir, 1, None).map(drop),
+            ),
+            baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make_j("helloworld", 1)),
+        });
+    }
+    if let (true, Some(server), Some(remote)) = (want("uk/remote-warm"), server.as_ref(), remote.as_ref()) {
+        list.push(Scenario {
+            name: "uk/remote-warm".into(),
+            description: "empty store and output dir, team cache (nginx on loopback) filled by one build, vs make on a fresh checkout".into(),
+            ours: Side::new(
+                |_| {
+                    if remote_store.exists() {
+                        std::fs::remove_dir_all(&remote_store)?;
+                    }
+                    traffic_before.set(server.traffic());
+                    set_store_dir(Some(remote_store.clone()));
+                    wipe_ours("helloworld")
+                },
+                |_| {
+                    let build = build_with(&app1, &remote_store, jobs, Some(remote))?;
+                    anyhow::ensure!(build.report.remote_hits > 0, "nothing came from the team cache: {:?}", build.report.remote_warnings);
+                    let traffic = server.traffic().minus(traffic_before.get());
+                    record_traffic(traffic.uploaded, traffic.downloaded);
+                    Ok(())
+                },
+            ),
+            baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
+        });
+    }
     for s in &mut list {
         log(&format!("{}: {}", s.name, s.description));
-        results.push(measure(s, opts.runs, log)?);
+        let mut result = measure(s, opts.runs, log)?;
+        if matches!(result.name.as_str(), "uk/printk-flip" | "uk/second-app" | "uk/config-revert") {
+            floor_extra(&mut result);
+        }
+        if result.name == "uk/cold" || result.name == "uk/remote-warm" {
+            result.extra.insert("fill_uploaded_mib".into(), serde_json::json!((fill_bytes.uploaded as f64 / 1048576.0).round()));
+        }
+        results.push(result);
+        set_store_dir(Some(store_dir.clone()));
     }
     Ok(())
 }
