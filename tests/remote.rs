@@ -563,7 +563,7 @@ fn gc_keeps_locked_sources_and_recent_entries_and_honours_max_size() {
 fn large_outputs_travel_compressed() {
     use kraft::cache::local::{ActionCache, CachedOutput, Entry};
     let Some(server) = Nginx::start() else { return };
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    let (cache, warnings) = remote(&server, ci_keys());
     let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("DW_AT_name {} ", i % 89).into_bytes()).collect();
     let key = blake3::hash(b"an action key for a large output");
 
@@ -591,7 +591,7 @@ fn large_outputs_travel_compressed() {
     // An empty client: the entry and the frame come from the server, verified.
     let laptop_dir = tempfile::tempdir().unwrap();
     let laptop_store = kraft::store::Store::open(Utf8Path::from_path(laptop_dir.path()).unwrap().join("store")).unwrap();
-    let (cache, warnings) = remote(&server, Some(SECRET));
+    let (cache, warnings) = remote(&server, reader_keys());
     let laptop = ActionCache::new(&laptop_store).with_remote(Some(Arc::new(cache.start())));
     let entry = laptop.get(&key).expect("a remote hit");
     assert!(warnings.lock().unwrap().is_empty(), "{:?}", warnings.lock().unwrap());
