@@ -505,7 +505,7 @@ fn verify_checks_action_cache_entries_and_their_blobs() {
 
 #[test]
 fn gc_keeps_locked_sources_and_recent_entries_and_honours_max_size() {
-    use kraft::cache::local::{collect_garbage, GcOptions};
+    use kraft::cache::gc::{collect_garbage, GcOptions};
     let client = Client::new();
     client.build(None);
     let store = &client.store;

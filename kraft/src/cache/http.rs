@@ -72,7 +72,8 @@
 //!
 //! # Failures
 //!
-//! The remote cache never fails a build. The first transport error, timeout
+//! The HTTP verbs live in `transport`. The remote cache never fails a
+//! build. The first transport error, timeout
 //! or unexpected status (anything but 2xx, or 404 for a lookup) prints one
 //! warning and switches the remote tier off for the rest of the build;
 //! everything else is local. Timeouts are short: 2 s to connect, 10 s per

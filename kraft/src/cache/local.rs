@@ -53,9 +53,6 @@ use crate::store::BlobEncoding;
 use super::writer::{Write, Writer};
 use crate::store::Store;
 
-/// `cache gc` lives in [`crate::cache::gc`]; these names stay importable from here.
-pub use crate::cache::gc::{collect_garbage, GcOptions, GcReport};
-
 pub(crate) const AC_VERSION: u32 = 1;
 /// Most header lists remembered per pre-key.
 const MANIFEST_CAPACITY: usize = 16;

@@ -1,6 +1,7 @@
 //! Action caches: the local one in the store ([`local`]) and the shared one
 //! a team reads over the network ([`http`]), whose entries CI signs and
-//! clients verify ([`signing`]).
+//! clients verify ([`signing`]). [`gc`] collects garbage in the store;
+//! `writer` writes entries in the background so compiles never wait on them.
 
 pub mod gc;
 pub mod http;

@@ -12,8 +12,27 @@
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::exec::sandbox::Mount;
+use serde::{Deserialize, Serialize};
 use crate::plan::graph::SANDBOX_ROOT;
+
+/// One directory made visible to build commands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute host path (a directory).
+    pub host: Utf8PathBuf,
+    /// Absolute path inside the sandbox, under `/kraft`.
+    pub inside: Utf8PathBuf,
+    pub writable: bool,
+}
+
+impl Mount {
+    pub fn ro(host: impl Into<Utf8PathBuf>, inside: impl Into<Utf8PathBuf>) -> Mount {
+        Mount { host: host.into(), inside: inside.into(), writable: false }
+    }
+    pub fn rw(host: impl Into<Utf8PathBuf>, inside: impl Into<Utf8PathBuf>) -> Mount {
+        Mount { host: host.into(), inside: inside.into(), writable: true }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountMap {

@@ -5,15 +5,10 @@ use anyhow::{Context, Result};
 use camino::Utf8Path;
 use serde::{Deserialize, Serialize};
 
-use crate::exec::sandbox::Sandbox;
 use crate::plan::fetches::PlacedOrigin;
 use crate::plan::graph::Graph;
 use crate::plan::PLAN_FORMAT;
 
-/// How the sandbox's `PATH` resolves make's tools (see [`crate::plan::key`]).
-pub(crate) fn tool_versions(sandbox: &Sandbox) -> Result<String> {
-    Ok(crate::plan::key::tool_versions(sandbox, None))
-}
 
 /// `<build>/.kraft-plan`: the plan key the build dir was prepared for.
 const MARKER: &str = ".kraft-plan";

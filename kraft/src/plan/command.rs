@@ -6,7 +6,6 @@ use camino::Utf8Path;
 use camino::Utf8PathBuf;
 
 use crate::plan::graph::ActionKind;
-use crate::plan::make_n::normalize;
 
 pub(crate) fn is_symlink_command(script: &str) -> bool {
     let mut words = script.split_whitespace();
@@ -240,6 +239,20 @@ pub(crate) fn analyze(script: &str, cwd: &Utf8Path) -> Analysis {
         ActionKind::Script
     });
     a
+}
+
+/// One printed command, before it becomes an action.
+pub(crate) struct Raw {
+    pub(crate) script: String,
+    /// The make target when the command ran a `.cmd` file (inside path,
+    /// possibly not the real target for relative `.cmd` names).
+    pub(crate) cmd_target: Option<Utf8PathBuf>,
+}
+
+/// Lexical normalization against `base`: absolute result, no `.`/`..`/`//`.
+pub(crate) fn normalize(base: &Utf8Path, p: &str) -> Utf8PathBuf {
+    let joined = if p.starts_with('/') { p.to_string() } else { format!("{base}/{p}") };
+    crate::exec::fingerprint::normalize(Utf8Path::new(&joined))
 }
 
 #[cfg(test)]

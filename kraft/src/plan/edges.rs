@@ -9,7 +9,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::exec::sandbox::Sandbox;
 use crate::plan::command::{analyze, is_symlink_command};
 use crate::plan::graph::{Action, ActionId, ActionKind, Graph};
-use crate::plan::make_n::Raw;
+use crate::plan::command::Raw;
 use crate::plan::mounts::inside_build;
 use crate::plan::units::{unit_of, UnitRule};
 

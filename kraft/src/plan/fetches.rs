@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::make_n::normalize;
+use crate::plan::command::normalize;
 
 /// The directory below the build dir that holds the stand-in `wget`, the
 /// staged archives and the record; removed before the build dir is cached.

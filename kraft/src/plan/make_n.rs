@@ -2,22 +2,15 @@
 //! the `.cmd` file a line runs, or the line itself), noise dropped.
 
 use anyhow::{Context, Result};
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 
 use crate::exec::sandbox::Sandbox;
-use crate::plan::command::analyze;
+use crate::plan::command::{analyze, normalize, Raw};
 use crate::plan::edges::build_graph;
 use crate::plan::graph::Graph;
 use crate::plan::mounts::inside_build;
 use crate::plan::units::UnitRule;
 
-/// One printed command, before it becomes an action.
-pub(crate) struct Raw {
-    pub(crate) script: String,
-    /// The make target when the command ran a `.cmd` file (inside path,
-    /// possibly not the real target for relative `.cmd` names).
-    pub(crate) cmd_target: Option<Utf8PathBuf>,
-}
 
 /// Turns `make -n all` output (already in inside paths) into a graph.
 /// `sandbox` maps inside paths to host paths to read `.cmd` files and test
@@ -119,12 +112,6 @@ pub(crate) fn runs_cmd_file(cmd: &str) -> Option<String> {
     let [shell, file] = words.as_slice() else { return None };
     let shell = shell.rsplit('/').next().unwrap_or(shell);
     (matches!(shell, "bash" | "sh" | "dash") && file.ends_with(".cmd")).then(|| file.clone())
-}
-
-/// Lexical normalization against `base`: absolute result, no `.`/`..`/`//`.
-pub(crate) fn normalize(base: &Utf8Path, p: &str) -> Utf8PathBuf {
-    let joined = if p.starts_with('/') { p.to_string() } else { format!("{base}/{p}") };
-    crate::exec::fingerprint::normalize(Utf8Path::new(&joined))
 }
 
 

@@ -29,6 +29,22 @@
 //! on every earlier action (through the sinks since the previous barrier)
 //! and every later action depends on it. In Unikraft they only occur before
 //! the first compile and after the final link, so this costs no parallelism.
+//!
+//! # Files
+//!
+//! | file | concept |
+//! |---|---|
+//! | `target` | the target's kconfig (`CONFIG_PLAT_*`, `CONFIG_ARCH_*`, the cross prefix) |
+//! | `mounts` | where the core, libraries, app and build dir appear inside |
+//! | `fetches` | origin archives: the stand-in `wget` that serves locked ones and records new ones |
+//! | `make_n` | `make -n all` output → raw commands → the graph |
+//! | `command` | one printed command: what it reads, writes and runs |
+//! | `edges` | dependencies between actions, barriers for scripts |
+//! | `units` | cache units (musl split by source directory) |
+//! | `key` | the plan key: every input and why |
+//! | `cache` | the plan cache and the build dir's marker |
+//! | `graph` | the action graph a plan produces |
+//! | `upstream` | the same for a plain make project (upstream musl) |
 
 pub mod cache;
 pub mod command;
@@ -53,7 +69,7 @@ use crate::exec::sandbox::{Mount, Sandbox};
 use crate::plan::graph::Graph;
 
 pub use crate::plan::cache::fingerprint_build_files;
-pub(crate) use crate::plan::cache::{clear_dir, load_cached, read_marker, store_cached, tool_versions, write_marker};
+pub(crate) use crate::plan::cache::{clear_dir, load_cached, read_marker, store_cached, write_marker};
 pub use crate::plan::edges::merge_in_place;
 pub use crate::plan::fetches::{OriginFetch, OriginProvider, PlacedOrigin};
 pub use crate::plan::make_n::parse_make_n;

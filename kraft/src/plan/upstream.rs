@@ -204,7 +204,7 @@ pub fn plan_key(input: &MakePlanInput, sandbox: &Sandbox) -> Result<String> {
         field("env", format!("{k}={v}").as_bytes());
     }
     field("backend", sandbox.backend().as_bytes());
-    field("tools", plan::tool_versions(sandbox)?.as_bytes());
+    field("tools", crate::plan::key::tool_versions(sandbox, None).as_bytes());
     Ok(h.finalize().to_hex()[..32].to_string())
 }
 

@@ -1,5 +1,7 @@
 //! Where sources come from: the Kraftfile, the workspace, recipes, mirrors,
-//! git, resolution to commits, the lock, and fetching into the store.
+//! git, resolution to commits, the lock, and fetching into the store
+//! ([`fetch`] for sources, [`origins`] for the origin archives libraries
+//! download, learned from make and pinned on first use).
 
 pub mod app;
 pub mod fetch;

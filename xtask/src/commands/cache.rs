@@ -2,7 +2,8 @@
 
 use camino::Utf8PathBuf;
 
-use kraft::cache::local::{collect_garbage, ActionCache, GcOptions};
+use kraft::cache::gc::{collect_garbage, GcOptions};
+use kraft::cache::local::ActionCache;
 use crate::flags::{CacheCommand, GcArgs};
 use kraft::session::Session;
 

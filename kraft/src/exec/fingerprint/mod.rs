@@ -58,6 +58,10 @@
 //!    `cc1`): it stats the resolution of make's tools and the target's
 //!    compiler and binutils, cross prefixes included. A touched compiler
 //!    re-plans; it does not re-run any action.
+//!
+//! Files: `depfile` (reading `-MD` depfiles), `dirty_reason` (why an action
+//! ran, one enum), `toolchain` (how a program name resolves, every hop, and
+//! the programs' identity).
 //! 7. Every mount is at a fixed inside path, so under bwrap outputs do not
 //!    depend on where the sources live, and two checkouts share cached
 //!    objects and plans. With `none` (not hermetic, warned about) scripts
