@@ -46,7 +46,7 @@ use crate::plan::graph::{Action, ActionId, ActionKind, Graph, SANDBOX_ROOT};
 use crate::exec::sandbox::{Mount, Sandbox};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
-pub const PLAN_FORMAT: u32 = 3;
+pub const PLAN_FORMAT: u32 = 4;
 
 pub fn inside_core() -> Utf8PathBuf {
     Utf8PathBuf::from(format!("{SANDBOX_ROOT}/unikraft"))
@@ -782,9 +782,18 @@ fn build_graph(raws: Vec<Raw>, sandbox: &Sandbox, rules: &[UnitRule]) -> Graph {
             let deeper = an.outputs.iter().chain(an.paths.iter()).find(|p| {
                 !rel.is_empty() && (p.as_path() == target.as_path() || p.as_str().ends_with(&format!("/{rel}")))
             });
-            let primary = deeper.cloned().unwrap_or_else(|| target.clone());
-            outputs.retain(|o| *o != primary);
-            outputs.insert(0, primary);
+            // `objcopy -O binary X` under a `X.bin` label rewrites X in
+            // place (Unikraft's build_linux on arm64): a label its command
+            // never names is not an output of it.
+            let unnamed = deeper.is_none()
+                && kind == ActionKind::Objcopy
+                && !an.in_place.is_empty()
+                && !raw.script.contains(target.file_name().unwrap_or(""));
+            if !unnamed {
+                let primary = deeper.cloned().unwrap_or_else(|| target.clone());
+                outputs.retain(|o| *o != primary);
+                outputs.insert(0, primary);
+            }
         }
         // Files modified in place by objcopy/scripts: outputs if an earlier
         // action produced them (the image that multiboot.py patches).
