@@ -782,11 +782,11 @@ fn build_graph(raws: Vec<Raw>, sandbox: &Sandbox, rules: &[UnitRule]) -> Graph {
             let deeper = an.outputs.iter().chain(an.paths.iter()).find(|p| {
                 !rel.is_empty() && (p.as_path() == target.as_path() || p.as_str().ends_with(&format!("/{rel}")))
             });
-            // `objcopy -O binary X` under a `X.bin` label rewrites X in
-            // place (Unikraft's build_linux on arm64): a label its command
-            // never names is not an output of it.
+            // `objcopy -O binary X` under an `X.bin` label and `mklinux.py
+            // X X.dbg` under `X.img` rewrite X in place (Unikraft's
+            // build_linux on arm64): a label its command never names is not
+            // an output of it.
             let unnamed = deeper.is_none()
-                && kind == ActionKind::Objcopy
                 && !an.in_place.is_empty()
                 && !raw.script.contains(target.file_name().unwrap_or(""));
             if !unnamed {
