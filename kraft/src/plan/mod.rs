@@ -46,7 +46,7 @@ use crate::plan::graph::{Action, ActionId, ActionKind, Graph, SANDBOX_ROOT};
 use crate::exec::sandbox::{Mount, Sandbox};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
-pub const PLAN_FORMAT: u32 = 4;
+pub const PLAN_FORMAT: u32 = 5;
 
 pub fn inside_core() -> Utf8PathBuf {
     Utf8PathBuf::from(format!("{SANDBOX_ROOT}/unikraft"))
