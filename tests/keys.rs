@@ -57,6 +57,16 @@ fn declared_input_and_header_under_kraft() {
 }
 
 #[test]
+fn command_line() {
+    let mut client = graphs::Client::new();
+    client.build(None);
+    let b = client.graph.actions.iter_mut().find(|a| a.name == "libab/b.o").unwrap();
+    b.script = b.script.replace("-O2", "-O1");
+    let (_, seen) = client.build(None);
+    assert!(seen.ran.contains("libab/b.o") && !seen.ran.contains("libab/a.o"), "{:?}", seen.ran);
+}
+
+#[test]
 fn host_header_named_by_a_depfile() {
     let Some(dir) = HostDir::new("include") else { return };
     let header = dir.0.join("host.h");
@@ -300,6 +310,15 @@ fn kconfig_component_recipe_and_installed_image() {
     std::fs::write(&recipe, format!("{text}\n# a comment\n")).unwrap();
     let b = app.build();
     assert!(b.ran().is_empty(), "{:?}", b.ran());
+
+    // The mount layout inside: the app's name is its mount point
+    // (`/kraft/apps/<name>`) and CONFIG_UK_NAME.
+    app.edit("app-hello/Kraftfile", "name: hello", "name: renamed");
+    let r = app.build();
+    assert!(r.planned() && !r.ran().is_empty(), "a renamed app is a new plan and new commands");
+    app.edit("app-hello/Kraftfile", "name: renamed", "name: hello");
+    let b = app.build();
+    assert!(b.ran().is_empty(), "and renaming it back restores: {:?}", b.ran());
 
     // The installed image: stamped by the snapshot, reinstalled, nothing runs.
     std::fs::remove_file(b.image()).unwrap();

@@ -285,3 +285,30 @@ pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcR
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_and_temporary_files_go_unless_a_build_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Utf8Path::from_path(dir.path()).unwrap().join("store")).unwrap();
+        let plans = store.root().join("plans");
+        for name in ["unused", "in-use", ".plan-half"] {
+            fs::create_dir_all(plans.join(name).join("prepared")).unwrap();
+            fs::write(plans.join(name).join("plan.json"), "{}").unwrap();
+        }
+        fs::create_dir_all(store.root().join("tmp")).unwrap();
+        fs::write(store.root().join("tmp/.tmp-left-over"), "x").unwrap();
+        let held = store.lock("plan-in-use").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let options = GcOptions { max_age: std::time::Duration::ZERO, grace: std::time::Duration::ZERO, ..GcOptions::default() };
+        let report = collect_garbage(&store, &options).unwrap();
+        assert!(!plans.join("unused").exists() && !plans.join(".plan-half").exists());
+        assert!(plans.join("in-use").join("plan.json").is_file(), "a plan a build holds stays");
+        assert!(!store.root().join("tmp/.tmp-left-over").exists());
+        assert_eq!((report.removed_plans, report.removed_temp), (2, 1));
+        drop(held);
+    }
+}

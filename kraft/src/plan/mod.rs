@@ -78,7 +78,7 @@ pub use crate::plan::target::Target;
 pub use crate::plan::units::{default_unit_rules, summary, UnitRule};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
-pub const PLAN_FORMAT: u32 = 3;
+pub const PLAN_FORMAT: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct PlanInput {

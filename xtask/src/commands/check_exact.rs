@@ -30,7 +30,7 @@ mod mutations;
 
 use mutations::{cleanup_wrappers, corpus_for, Mutation};
 
-/// Where the starting point's image is compared from.
+/// What an incremental build after a mutation is compared with.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Compare {
     /// A clean build of the mutated inputs.
@@ -48,7 +48,7 @@ struct World {
 }
 
 /// What one build left: output path (relative to the build dir, or
-/// `image:`/`dbg:`) → blake3.
+/// `installed:<name>` for the image and `.dbg` beside it) → blake3.
 type Outputs = BTreeMap<String, String>;
 
 struct Built {

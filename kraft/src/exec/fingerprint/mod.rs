@@ -77,6 +77,17 @@
 //!    headers), components through their files, archives through the
 //!    sources unpacked from them, make's variables through the scripts.
 //!
+//! Tests (`tests/keys.rs`), row by row: `key_format_version_is_in_every_key`,
+//! `command_line`, `declared_input_and_header_under_kraft` (rows 3-4),
+//! `host_header_named_by_a_depfile`, `host_file_on_a_link_line`,
+//! `toolchain_path_links_and_program_bytes` (rows 7-9),
+//! `sandbox_environment_and_backend` (rows 10-11),
+//! `kconfig_component_recipe_and_installed_image` (inside layout, kconfig,
+//! components, recipes, the installed image),
+//! `mount_map_two_checkouts_share_objects_but_not_snapshots`, and
+//! `what_is_in_no_key_runs_nothing`. `tests/exact.rs` runs the whole
+//! mutation corpus (`cargo xtask check-exact`) against clean builds.
+//!
 //! Not in any key, on purpose (tests change each and expect no action to
 //! run): timestamps (a `touch` is re-hashed and found equal), the store's
 //! path (a new store re-plans into that store; no action runs), the target

@@ -262,9 +262,20 @@ pub(super) fn corpus_for<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Ut
         }));
     }
     let home = scratch.join("home");
+    // cargo itself (run for `cargo metadata`, through rustup) is still found
+    // where the caller's home keeps it.
+    let config = kraft::config::Config::get();
+    let cargo_home = config.cargo_home.clone().or_else(|| config.home.as_ref().map(|h| h.join(".cargo")));
+    let rustup_home = config.home.as_ref().map(|h| h.join(".rustup")).filter(|p| p.is_dir());
     out.push(m("env", "env: HOME elsewhere", Baseline, move |w: &mut World| {
         std::fs::create_dir_all(&home).with_context(|| format!("creating {home}"))?;
         set_env(w, "HOME", Some(home.as_str()));
+        if let Some(dir) = &cargo_home {
+            set_env(w, "CARGO_HOME", Some(dir.as_str()));
+        }
+        if let Some(dir) = &rustup_home {
+            set_env(w, "RUSTUP_HOME", Some(dir.as_str()));
+        }
         Ok(())
     }));
     let cache_home = scratch.join("xdg-cache");
