@@ -591,7 +591,9 @@ fn large_outputs_travel_compressed() {
     // An empty client: the entry and the frame come from the server, verified.
     let laptop_dir = tempfile::tempdir().unwrap();
     let laptop_store = kraft::store::Store::open(Utf8Path::from_path(laptop_dir.path()).unwrap().join("store")).unwrap();
+    // A reader (it never uploads, so it is read-only and says nothing).
     let (cache, warnings) = remote(&server, reader_keys());
+    let cache = cache.read_only(true);
     let laptop = ActionCache::new(&laptop_store).with_remote(Some(Arc::new(cache.start())));
     let entry = laptop.get(&key).expect("a remote hit");
     assert!(warnings.lock().unwrap().is_empty(), "{:?}", warnings.lock().unwrap());

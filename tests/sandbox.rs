@@ -155,11 +155,12 @@ fn no_controlling_terminal_inside() {
     assert_eq!(out.trim(), "no-tty");
 }
 
-/// A directory holding only the host tools `xtask` itself needs (cargo for
-/// `cargo metadata`), so that `bwrap` is not on its PATH.
+/// A directory holding the host tools `xtask` itself needs (cargo for
+/// `cargo metadata`) and those the host-program check asks for, but not
+/// `bwrap`.
 fn path_without_bwrap(dir: &Utf8Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
-    for tool in ["cargo", "rustc", "git"] {
+    for tool in ["cargo", "rustc", "git", "make", "gcc", "flex", "bison", "python3"] {
         let found = std::env::var("PATH")
             .unwrap_or_default()
             .split(':')
@@ -198,6 +199,7 @@ fn without_bwrap_a_build_stops_unless_sandbox_none_is_explicit() {
     };
 
     let refused = run(&[]);
+    // Refused before planning (the host-program check) or at the sandbox.
     assert_fails_with(&refused, "bubblewrap is required");
     assert!(stderr(&refused).contains("KRAFT_SANDBOX=none"), "{}", stderr(&refused));
     assert!(!ws.join("target/kraft/app-hello").join("qemu-x86_64").exists() || !stderr(&refused).contains("built"));

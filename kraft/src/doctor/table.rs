@@ -45,7 +45,7 @@ pub const PROGRAMS: &[HostProgram] = &[
     },
     HostProgram { program: "flex", purpose: "builds Unikraft's kconfig tools", packages: all("flex") },
     HostProgram { program: "bison", purpose: "builds Unikraft's kconfig tools", packages: all("bison") },
-    HostProgram { program: "bwrap", purpose: "the build sandbox (bubblewrap)", packages: all("bubblewrap") },
+    HostProgram { program: "bwrap", purpose: "the build sandbox (bubblewrap is required; KRAFT_SANDBOX=none builds unsandboxed, explicitly)", packages: all("bubblewrap") },
     HostProgram { program: "git", purpose: "fetches and pins git components", packages: all("git") },
     HostProgram {
         program: "python3",

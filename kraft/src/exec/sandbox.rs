@@ -273,7 +273,7 @@ pub fn bwrap_usable() -> std::result::Result<(), String> {
     CHECK
         .get_or_init(|| {
             let out = Command::new("bwrap")
-                .args(["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "true"])
+                .args(["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "/bin/sh", "-c", ":"])
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| format!("cannot run `bwrap`: {e}"))?;

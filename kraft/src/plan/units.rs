@@ -43,6 +43,10 @@ pub(crate) fn unit_of(
         return "image".into();
     }
     let comps: Vec<&str> = rel.components().map(|c| c.as_str()).collect();
+    // make may name the build dir itself (an empty relative path).
+    if comps.is_empty() {
+        return fallback.into();
+    }
     let lib = if comps.len() > 1 {
         comps[0].to_string()
     } else if let Some(stem) = comps[0].strip_suffix(".ld.o").or_else(|| comps[0].strip_suffix(".o")) {

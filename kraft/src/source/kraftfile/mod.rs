@@ -23,6 +23,7 @@
 //! `schema`, `components`, `targets` (the forms) and `validate` (what a
 //! value must look like before it reaches make, git or a path). A hostile
 //! Kraftfile is refused here, with its location, before anything runs.
+//! `v07` turns spec v0.7's new forms into their v0.6 twins first.
 
 
 use std::collections::{BTreeMap, HashMap};
