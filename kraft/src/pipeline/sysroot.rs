@@ -21,7 +21,9 @@ use crate::source::lock::LockedArchive;
 use crate::plan::Plan;
 use crate::plan::upstream::{self, MakePlanInput};
 use crate::source::recipe::{ComponentKind, Recipe, RecipeBook};
+use crate::exec::mounts::MountMap;
 use crate::exec::sandbox::Sandbox;
+use crate::pipeline::OutputDir;
 use crate::store::Store;
 
 pub const MUSL_RECIPE: &str = "musl-upstream";
@@ -94,12 +96,13 @@ pub fn build_musl(fetcher: &Fetcher<'_>, recipes: &RecipeBook, opts: &SysrootOpt
     let input = MakePlanInput::from_recipe(&recipe, &source, &build)?;
     let store = fetcher.store;
     std::fs::create_dir_all(&build).with_context(|| format!("creating {build}"))?;
-    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?;
-    // Nothing changed since the last successful build: stop after a stat of
-    // every file it used (see `noop.rs`), as `build` does.
-    let noop_path = opts.work.join("noop.json");
+    let mounts = MountMap::new(input.mounts())?;
+    let sandbox = Sandbox::new(mounts.mounts().to_vec(), input.env.clone())?;
     let key = upstream::plan_key(&input, &sandbox)?;
-    if let Some(snapshot) = crate::exec::noop::check(&noop_path, &key) {
+    // The same stages as `build`: one build of the work dir at a time, and
+    // nothing done when nothing moved.
+    let out = OutputDir::open(&opts.work, &key, &mounts)?;
+    if let Some(snapshot) = out.noop() {
         let plan = crate::plan::Plan {
             graph: crate::plan::graph::Graph::default(),
             key,
@@ -112,9 +115,8 @@ pub fn build_musl(fetcher: &Fetcher<'_>, recipes: &RecipeBook, opts: &SysrootOpt
         let report = BuildReport { total: snapshot.actions, up_to_date: snapshot.actions, duration: start.elapsed(), ..Default::default() };
         return Ok(SysrootBuild { sysroot: opts.out.clone(), source, build, plan, report });
     }
-    crate::exec::noop::invalidate(&noop_path);
-    let plan = upstream::plan(&input, Some(&store.root().join("plans")))?;
-    let mut ctx = ExecContext::new(&sandbox, store, opts.work.join("state.json"));
+    let plan = out.plan(store, &key, || upstream::plan(&input, Some(&store.root().join("plans"))))?;
+    let mut ctx = ExecContext::new(&sandbox, store, out.state_path());
     ctx.jobs = opts.jobs.max(1);
     let report = execute(&plan.graph, &ctx)?;
     upstream::install_musl_sysroot(&source, &build, &opts.out)?;
@@ -126,6 +128,6 @@ pub fn build_musl(fetcher: &Fetcher<'_>, recipes: &RecipeBook, opts: &SysrootOpt
             .filter(|e| e.file_type().is_file())
             .filter_map(|e| camino::Utf8PathBuf::from_path_buf(e.into_path()).ok()),
     );
-    crate::exec::noop::record(&noop_path, &plan.key, report.total, report.units.len(), &watched);
+    out.record(report.total, report.units.len(), watched);
     Ok(SysrootBuild { sysroot: opts.out.clone(), source, build, plan, report })
 }

@@ -20,6 +20,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::source::app::{fetch_app, LockedApp};
 use crate::diag::Diagnostic;
+use crate::pipeline::OutputDir;
 use crate::output::message::{Message, TargetFinished, UnitFinished};
 use crate::exec::{self, BuildReport, Event, ExecContext};
 use crate::plan::graph::{ActionKind, Graph};
@@ -175,23 +176,16 @@ pub fn iso8601_utc(epoch: i64) -> String {
 pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<TargetBuild> {
     let start = Instant::now();
     let id = prepared.target.id();
-    std::fs::create_dir_all(&prepared.out_dir).with_context(|| format!("creating directory {}", prepared.out_dir))?;
-    // One build of a target at a time, from the no-op check to the recorded
-    // snapshot: a second one waits, then finds the work done.
-    let _target_lock = crate::exec::lock::wait_for(&prepared.out_dir.join(".lock"), &prepared.out_dir)?;
-    // Nothing changed since the last successful build? Then nothing is done:
-    // no plan is loaded and no action is looked at (see `noop.rs`).
-    let noop_path = prepared.out_dir.join("noop.json");
     std::fs::create_dir_all(&prepared.input.build).with_context(|| format!("creating directory {}", prepared.input.build))?;
     // The mount map, built once: the sandbox, the executor and the snapshot
     // all use this one.
     let mounts = MountMap::new(prepared.input.mounts())?;
     let sandbox = Sandbox::new(mounts.mounts().to_vec(), prepared.input.env.clone())?;
     let key = plan::plan_key(&prepared.input, &sandbox)?;
-    // The snapshot stamps host files: its key says whose (another checkout
-    // of the app, another store behind the core, is another snapshot).
-    let noop_key = format!("{key}+mounts:{}", mounts.host_digest());
-    if let Some(snapshot) = crate::exec::noop::check(&noop_path, &noop_key) {
+    // One build of a target at a time; nothing changed since the last
+    // successful build? Then no plan is loaded and no action looked at.
+    let out = OutputDir::open(&prepared.out_dir, &key, &mounts)?;
+    if let Some(snapshot) = out.noop() {
         let installed = |name: &str| Some(prepared.out_dir.join(name)).filter(|p| p.is_file());
         let report = BuildReport { total: snapshot.actions, up_to_date: snapshot.actions, duration: start.elapsed(), ..Default::default() };
         return Ok(TargetBuild {
@@ -211,28 +205,17 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
             wall: start.elapsed(),
         });
     }
-    crate::exec::noop::invalidate(&noop_path);
-    // Plan-cache entries are written under a store lock on their key: a
-    // concurrent build of the same plan waits for the entry and reuses it.
-    let plan = {
-        let _plan_lock = session.store.lock(&format!("plan-{key}"))?;
+    let plan = out.plan(&session.store, &key, || {
         plan::plan_with(&prepared.input, Some(&session.store.root().join("plans")), Some(&prepared.origins.bind(session)))
-            .with_context(|| format!("planning {id} in {}", prepared.input.build))?
-    };
-    if plan.cached {
-        // Last use, for `cache gc` (best effort: the entry may be read-only).
-        let used = session.store.root().join("plans").join(&plan.key).join("plan.json");
-        if let Ok(file) = std::fs::File::options().append(true).open(&used) {
-            let _ = file.set_modified(std::time::SystemTime::now());
-        }
-    }
+            .with_context(|| format!("planning {id} in {}", prepared.input.build))
+    })?;
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));
     }
     if !plan.cached {
         session.output.status("Planned", &format!("{id}: {} actions ({} make runs, {:.1}s)", plan.graph.actions.len(), plan.make_runs, plan.elapsed.as_secs_f64()));
     }
-    let state_path = prepared.out_dir.join("state.json");
+    let state_path = out.state_path();
     let output = &session.output;
     let bar = output.progress(plan.graph.actions.len());
     let progress = |event: &Event<'_>| match event {
@@ -271,10 +254,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let mut watched = report.watched.clone();
     watched.extend(image.iter().cloned());
     watched.extend(dbg.iter().cloned());
-    // The records the next build compares with: gone or rewritten, the
-    // target dir is not what this snapshot describes.
-    watched.push(state_path.clone());
-    crate::exec::noop::record(&noop_path, &noop_key, report.total, report.units.len(), &watched);
+    out.record(report.total, report.units.len(), watched);
     Ok(TargetBuild {
         target: id,
         out_dir: prepared.out_dir.clone(),
