@@ -38,7 +38,11 @@ fn twins(dir: &Utf8Path, v07_body: &str, v06_body: &str) {
 fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = Utf8PathBuf::from_path_buf(tmp.path().to_owned()).unwrap();
-    std::fs::create_dir_all(dir.join("path/to/unikraft")).unwrap();
+    // A local core must look like one (the loader checks before make runs).
+    let core = dir.join("path/to/unikraft");
+    std::fs::create_dir_all(&core).unwrap();
+    std::fs::write(core.join("Makefile"), "").unwrap();
+    std::fs::write(core.join("Config.uk"), "").unwrap();
     (tmp, dir)
 }
 
