@@ -34,9 +34,11 @@
 //! | [`exec::state`] | what the last build of a target did |
 //! | [`exec::noop`] | the stat-only check that stops a build with nothing to do |
 //! | [`exec::explain`] | why each action ran |
+//! | [`exec::remote`] | actions as REAPI Actions: remote cache and remote execution |
 //! | [`cache`] | action caches, local and shared: |
 //! | [`cache::local`] | the local action cache and its garbage collector |
 //! | [`cache::http`] | the shared cache over bazel-remote's HTTP protocol |
+//! | [`cache::reapi`] | the shared cache as REAPI `ActionResult`s, signed |
 //! | [`pipeline`] | lock → fetch → no-op check → plan → execute → record → install |
 //! | [`doctor`] | the host programs a build needs, and how to install them |
 //! | [`timings`] | where a build's time goes, per phase |

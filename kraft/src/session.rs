@@ -30,6 +30,10 @@ pub struct Options {
     pub remote_cache: Option<String>,
     /// Parallel jobs; `None`: the number of cores.
     pub jobs: Option<usize>,
+    /// A REAPI engine to execute actions on (`grpc://host:port[/instance]`).
+    pub remote_exec: Option<String>,
+    /// Publish results to the shared cache (CI); also `KRAFT_REMOTE_UPLOAD=1`.
+    pub remote_upload: bool,
 }
 
 pub struct Session {
@@ -47,6 +51,8 @@ pub struct Session {
     pub kraftfile: Option<Utf8PathBuf>,
     /// The shared cache, if configured (flag > KRAFT_REMOTE_CACHE > workspace).
     pub remote: Option<crate::cache::http::RemoteCache>,
+    /// The REAPI engine (a `grpc://` remote cache, or `--remote-exec`).
+    pub reapi: Option<crate::exec::remote::Settings>,
 }
 
 impl Session {
@@ -59,6 +65,14 @@ impl Session {
         let mirrors = Mirrors::from_env_and(&workspace.mirror_rules())?;
         let recipes = RecipeBook::load(&workspace.recipes_dirs())?;
         let ci = crate::config::Config::get().ci;
+        let reapi = crate::exec::remote::Settings::resolve(
+            global.remote_exec.as_deref(),
+            global.remote_cache.as_deref(),
+            global.remote_upload,
+            workspace.metadata.remote_cache.as_deref(),
+        );
+        // A `grpc://` cache URL is the engine's: the HTTP cache is then off.
+        let http_cache = if reapi.as_ref().is_some_and(|r| r.is_cache_url) { Some("") } else { global.remote_cache.as_deref() };
         Ok(Session {
             options: global.clone(),
             store,
@@ -69,7 +83,8 @@ impl Session {
             jobs: global.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
             output: Output::new(global.message_format),
             kraftfile: global.kraftfile.clone(),
-            remote: crate::cache::http::RemoteCache::from_env(global.remote_cache.as_deref(), workspace.metadata.remote_cache.as_deref())
+            reapi,
+            remote: crate::cache::http::RemoteCache::from_env(http_cache, workspace.metadata.remote_cache.as_deref())
                 .map(|r| r.with_warnings(|message| eprintln!("warning: {message}"))),
             workspace,
         })

@@ -39,9 +39,19 @@ pub struct Global {
     /// else `remote-cache` in [workspace.metadata.kraft]]. Reads with KRAFT_CACHE_TRUSTED_KEYS, writes with KRAFT_CACHE_SIGNING_KEY.
     #[arg(long, global = true, value_name = "URL")]
     pub remote_cache: Option<String>,
-    /// Parallel jobs [default: number of cores].
+    /// Parallel jobs [default: number of cores]. With --remote-exec it may
+    /// exceed the cores (local fallback runs stay within them).
     #[arg(short = 'j', long, global = true)]
     pub jobs: Option<usize>,
+    /// Execute actions on this REAPI engine (`grpc://HOST:PORT[/INSTANCE]`);
+    /// its action cache is the shared cache. Reads entries signed by
+    /// KRAFT_CACHE_TRUSTED_KEYS.
+    #[arg(long, global = true, value_name = "URL")]
+    pub remote_exec: Option<String>,
+    /// Publish results to the shared cache, signed with
+    /// KRAFT_CACHE_SIGNING_KEY (CI) [default: $KRAFT_REMOTE_UPLOAD].
+    #[arg(long, global = true)]
+    pub remote_upload: bool,
 }
 
 impl Global {
@@ -56,6 +66,8 @@ impl Global {
             message_format: self.message_format,
             remote_cache: self.remote_cache.clone(),
             jobs: self.jobs,
+            remote_exec: self.remote_exec.clone(),
+            remote_upload: self.remote_upload,
         }
     }
 }
@@ -95,6 +107,19 @@ pub enum Command {
     CheckExact(CheckExactArgs),
     /// Check the host programs a build and a run need; say how to install what is missing.
     Doctor(DoctorArgs),
+    /// Run actions for a REAPI engine that schedules through the Remote
+    /// Workers API (BuildGrid); `-j N` actions at a time.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The engine, `grpc://HOST:PORT[/INSTANCE]`.
+    #[arg(long, value_name = "URL")]
+    pub engine: String,
+    /// Where input blobs are cached [default: <store>/worker].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<Utf8PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,10 @@ pub fn main() -> ExitCode {
 fn run(flags: Flags) -> anyhow::Result<()> {
     let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("reading the current directory: {e}"))?;
     let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|p| anyhow::anyhow!("non-UTF-8 directory {}", p.display()))?;
+    // A worker needs no workspace: it runs what the engine sends.
+    if let Command::Worker(args) = &flags.command {
+        return commands::worker::run(&flags.global, args);
+    }
     let workspace = Workspace::discover(&cwd)?;
     let session = Session::new(workspace, &flags.global.options())?;
     match &flags.command {
@@ -46,6 +50,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         Command::Explain(args) => commands::explain::run(&session, args),
         Command::Sysroot(args) => commands::sysroot::run(&session, &args.component, args.source.as_deref(), args.out.as_deref()),
         Command::Doctor(args) => commands::doctor::run(&session, args),
+        Command::Worker(args) => commands::worker::run(&flags.global, args),
         Command::CheckExact(args) => commands::check_exact::run(&session, args),
         Command::Bench(args) => commands::bench::run(&session, &commands::bench::BenchOptions::from_args(args, session.jobs)).map(drop),
     }

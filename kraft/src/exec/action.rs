@@ -25,6 +25,11 @@ pub(crate) struct Shared<'a> {
     pub env: Hash,
     /// Busy time per phase (see [`crate::timings`]).
     pub clock: &'a crate::timings::Clock,
+    /// The REAPI engine, tried after a local cache miss.
+    pub reapi: Option<&'a crate::exec::remote::Remote>,
+    /// The toolchain's identity alone (the remote platform property; the
+    /// sandbox's part of `env` travels in the REAPI Command itself).
+    pub toolchain: Hash,
 }
 
 pub(crate) enum Done {
@@ -196,7 +201,11 @@ impl Shared<'_> {
             }
         }
         self.clock.note_spawn();
-        let output = self.clock.time(Phase::of(action.kind), || self.runner.run(&action.script, &action.cwd))?;
+        let local = || self.runner.run(&action.script, &action.cwd);
+        let (output, remote_hit) = self.clock.time(Phase::of(action.kind), || match self.reapi {
+            Some(reapi) => reapi.run(action, &self.toolchain, &local),
+            None => Ok((local()?, false)),
+        })?;
         let stdout = self.inside_text(&String::from_utf8_lossy(&output.stdout));
         let stderr = self.inside_text(&String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {
@@ -238,7 +247,8 @@ impl Shared<'_> {
         let key = fp.key();
         self.clock.time(Phase::CacheWrite, || self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr))?;
         let record = Box::new(ActionRecord { key, fingerprint: fp, outputs });
-        Ok(Done::Finished { record, outcome: Outcome::Ran, reason, stdout, stderr })
+        let outcome = if remote_hit { Outcome::Restored } else { Outcome::Ran };
+        Ok(Done::Finished { record, outcome, reason, stdout, stderr })
     }
 
     fn write_cache(

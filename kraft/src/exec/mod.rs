@@ -32,6 +32,7 @@
 //! | `lock.rs` | build-directory locks that wait |
 //! | `sandbox.rs` | spawning commands (bwrap or the host) |
 //! | `explain.rs` | why the last build did what it did |
+//! | `remote/` | actions as REAPI Actions: remote cache, remote execution, the worker |
 
 mod action;
 pub mod explain;
@@ -39,6 +40,7 @@ pub mod lock;
 pub mod fingerprint;
 pub mod mounts;
 pub mod noop;
+pub mod remote;
 pub mod sandbox;
 mod scheduler;
 pub mod stat_cache;
@@ -142,6 +144,8 @@ pub struct ExecContext<'a> {
     /// The team cache behind the local action cache (default: none). See
     /// [`crate::cache::http`]: it never fails a build.
     pub remote: Option<&'a RemoteCache>,
+    /// A REAPI engine tried after a local cache miss (see [`remote`]).
+    pub reapi: Option<&'a remote::Remote>,
 }
 
 impl<'a> ExecContext<'a> {
@@ -154,6 +158,7 @@ impl<'a> ExecContext<'a> {
             toolchain: ToolchainSpec::default(),
             events: &ignore_events,
             remote: None,
+            reapi: None,
         }
     }
 }

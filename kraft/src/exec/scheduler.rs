@@ -79,6 +79,8 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         cache: ActionCache::new(ctx.store).with_remote(remote.clone()),
         stats: &stats,
         env: env_hash(&toolchain, &identity),
+        reapi: ctx.reapi,
+        toolchain: toolchain.id,
     };
 
     // Dependency counts (deduplicated edges).

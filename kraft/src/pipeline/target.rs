@@ -241,7 +241,10 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     ctx.events = &progress;
     ctx.remote = session.remote.as_ref();
     ctx.toolchain.cross_compile = cross_compile_of(&plan.graph);
+    let reapi = session.reapi.as_ref().and_then(|r| exec::remote::for_build(r, output, &plan.graph, &sandbox));
+    ctx.reapi = reapi.as_ref();
     let result = exec::execute(&plan.graph, &ctx);
+    exec::remote::finish(output, reapi.as_ref(), &prepared.out_dir);
     bar.finish();
     let report = result?;
 

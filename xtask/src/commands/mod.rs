@@ -10,3 +10,4 @@ pub mod graph;
 pub mod lock;
 pub mod run;
 pub mod sysroot;
+pub mod worker;
