@@ -65,6 +65,8 @@ as_pg "$PG_BINDIR/createdb" -h "$PGSOCK" -U bgd bgd
 # connection, while SQLAlchemy 2.1 defaults "postgresql://" to psycopg 3.
 export BGD_SQL="postgresql+psycopg2://bgd@/bgd?host=$PGSOCK"
 export BGD_ADDRESS="127.0.0.1:$PORT"
+export BGD_CAS_DIR="$DIR/cas"
+mkdir -p "$BGD_CAS_DIR"
 "$VENV/bin/bgd" migrate apply "$BGD_SQL" >"$DIR/migrate.log" 2>&1 \
     || { echo "start.sh: bgd migrate failed" >&2; cat "$DIR/migrate.log" >&2; exit 1; }
 

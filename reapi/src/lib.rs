@@ -27,6 +27,8 @@ pub use action::{ActionBuilder, CommandBuilder, PreparedAction};
 pub use client::{Capabilities, Client, ClientOptions, ExecuteOutcome};
 pub use digest::{digest_of, Blob};
 pub use error::{Error, Result, RpcStatus};
+/// gRPC status codes, as [`Error::rpc_code`] gives them.
+pub use tonic::Code;
 pub use merkle::{InputFile, InputSymlink, MerkleTree};
 pub use worker::{run_worker, ProducedFile, WorkRequest, WorkResult, WorkerConfig};
 

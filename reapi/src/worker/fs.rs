@@ -237,7 +237,11 @@ fn materialise_into(
                 if share && cache.is_some() {
                     let rel = p.strip_prefix(dest).unwrap_or(&p).to_string_lossy().into_owned();
                     let prefix = format!("{rel}/");
-                    let private = cfg.private_dirs.iter().chain(extra_private).any(|d| *d == rel || rel.starts_with(&format!("{d}/")));
+                    // `private_dirs` keeps only the directory itself private
+                    // (its children are still shared when they hold no
+                    // output); a lease's `extra_private` keeps whole subtrees.
+                    let private = cfg.private_dirs.iter().any(|d| *d == rel)
+                        || extra_private.iter().any(|d| *d == rel || rel.starts_with(&format!("{d}/")));
                     if !private && !outputs.iter().any(|o| o.starts_with(&prefix) || *o == rel) {
                         shared.push((p, shared_tree(client, &d, cfg)?));
                         continue;

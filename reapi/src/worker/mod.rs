@@ -126,8 +126,9 @@ pub struct WorkerConfig {
     /// leases instead of materialising them each time; the executor must
     /// bind [`WorkRequest::shared_dirs`] (needs `cache_dir`).
     pub share_dirs: bool,
-    /// Directories (relative to the input root) never shared, because
-    /// commands write into them whatever they declare (a build directory).
+    /// Directories (relative to the input root) never shared themselves,
+    /// because commands write into them beyond what they declare (a build
+    /// directory); their subdirectories that hold no output still are.
     pub private_dirs: Vec<String>,
     /// A `Command` platform property naming (comma-separated) more private
     /// directories for that command, whole subtrees (it writes anywhere

@@ -388,6 +388,13 @@ impl InputRoots {
         Ok(sent)
     }
 
+    /// Forget which blobs the engine holds (it said one is missing): the
+    /// next upload asks FindMissingBlobs about everything again.
+    pub fn forget_present(&self) {
+        self.present.lock().expect("present").clear();
+        *self.base_sent.lock().expect("base") = false;
+    }
+
     /// Counts of the read-only trees and the prepared build dir, for the report.
     pub fn describe(&self) -> String {
         let bytes: i64 = self.base_files.iter().map(|f| f.digest.size_bytes).sum();

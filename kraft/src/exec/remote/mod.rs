@@ -84,6 +84,43 @@ pub struct ActionLine {
     /// Bytes this action sent to the engine (inputs, or outputs it published).
     pub bytes_uploaded: u64,
     pub seconds: f64,
+    /// Where the time went, for an action executed remotely.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Phases>,
+}
+
+/// Seconds of one remote execution, by phase: the client's side (input
+/// root, upload, waiting for the engine) and the worker's, from the
+/// result's `ExecutedActionMetadata`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Phases {
+    pub client_root: f64,
+    pub client_upload: f64,
+    pub client_wait: f64,
+    pub queued: f64,
+    pub worker_fetch: f64,
+    pub worker_execute: f64,
+    pub worker_upload: f64,
+    pub client_download: f64,
+}
+
+fn seconds_between(a: &Option<kraft_reapi::proto::protobuf::Timestamp>, b: &Option<kraft_reapi::proto::protobuf::Timestamp>) -> f64 {
+    match (a, b) {
+        (Some(a), Some(b)) => ((b.seconds - a.seconds) as f64 + (b.nanos - a.nanos) as f64 * 1e-9).max(0.0),
+        _ => 0.0,
+    }
+}
+
+impl Phases {
+    fn from_metadata(mut self, meta: Option<&kraft_reapi::proto::reapi::ExecutedActionMetadata>) -> Phases {
+        if let Some(m) = meta {
+            self.queued = seconds_between(&m.queued_timestamp, &m.worker_start_timestamp);
+            self.worker_fetch = seconds_between(&m.input_fetch_start_timestamp, &m.input_fetch_completed_timestamp);
+            self.worker_execute = seconds_between(&m.execution_start_timestamp, &m.execution_completed_timestamp);
+            self.worker_upload = seconds_between(&m.output_upload_start_timestamp, &m.output_upload_completed_timestamp);
+        }
+        self
+    }
 }
 
 /// What the engine did for one build.
@@ -96,13 +133,17 @@ pub struct RemoteReport {
     pub untrusted_entries: usize,
     pub published: usize,
     pub bytes_uploaded: u64,
+    /// Bytes of outputs, stdout and stderr downloaded from the engine.
+    pub bytes_downloaded: u64,
     /// Why the build stopped using the engine, if it did.
     pub gave_up: Option<String>,
+    /// [`Phases`] summed over the actions executed remotely.
+    pub phase_totals: Phases,
     pub actions: Vec<ActionLine>,
 }
 
 /// Which engine a session uses, and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// `grpc://host:port[/instance]`.
     pub url: String,
@@ -112,6 +153,9 @@ pub struct Settings {
     pub upload: bool,
     /// The remote-cache URL is this engine's (so the HTTP cache is off).
     pub is_cache_url: bool,
+    /// The keys to sign and verify entries with; `None`: from
+    /// `KRAFT_CACHE_SIGNING_KEY` and `KRAFT_CACHE_TRUSTED_KEYS`.
+    pub keys: Option<std::sync::Arc<crate::cache::signing::CacheKeys>>,
 }
 
 fn is_grpc(url: &str) -> bool {
@@ -126,8 +170,8 @@ impl Settings {
         let cache = crate::cache::http::resolve_url(remote_cache, workspace_cache).filter(|u| is_grpc(u));
         let is_cache_url = cache.is_some();
         match remote_exec.map(str::trim).filter(|u| !u.is_empty()) {
-            Some(url) => Some(Settings { url: url.to_string(), execute: true, upload, is_cache_url }),
-            None => cache.map(|url| Settings { url, execute: false, upload, is_cache_url }),
+            Some(url) => Some(Settings { url: url.to_string(), execute: true, upload, is_cache_url, keys: None }),
+            None => cache.map(|url| Settings { url, execute: false, upload, is_cache_url, keys: None }),
         }
     }
 }
@@ -143,7 +187,7 @@ pub fn for_build(settings: &Settings, output: &crate::output::Output, graph: &Gr
         return None;
     }
     let warn = Box::new(|message: &str| eprintln!("warning: {message}"));
-    match Remote::new(&settings.url, settings.execute, settings.upload, graph, sandbox, warn) {
+    match Remote::new(settings, graph, sandbox, warn) {
         Ok(remote) => {
             let what = if settings.execute { "executing on" } else { "caching in" };
             output.status("Remote", &format!("{what} {} ({})", settings.url, remote.describe()));
@@ -242,6 +286,7 @@ pub struct Remote {
     warn: Box<dyn Fn(&str) + Send + Sync>,
     local_slots: Slots,
     lines: Mutex<Vec<ActionLine>>,
+    downloaded: std::sync::atomic::AtomicU64,
 }
 
 fn output(code: i32, stdout: Vec<u8>, stderr: Vec<u8>) -> Output {
@@ -255,20 +300,22 @@ fn output(code: i32, stdout: Vec<u8>, stderr: Vec<u8>) -> Output {
 impl Remote {
     /// Set up the engine for a build of `graph` in `sandbox`. `execute`:
     /// send actions to it (else it is only a cache); `upload`: publish results.
-    pub fn new(
-        url: &str,
-        execute: bool,
-        upload: bool,
-        graph: &Graph,
-        sandbox: &Sandbox,
-        warn: Box<dyn Fn(&str) + Send + Sync>,
-    ) -> anyhow::Result<Remote> {
-        let config = crate::config::Config::get();
-        let (keys, problems) =
-            crate::cache::signing::CacheKeys::parse(config.cache_signing_key.as_deref(), config.cache_trusted_keys.as_deref());
-        for problem in problems {
-            warn(&format!("{url}: {problem}"));
-        }
+    pub fn new(settings: &Settings, graph: &Graph, sandbox: &Sandbox, warn: Box<dyn Fn(&str) + Send + Sync>) -> anyhow::Result<Remote> {
+        let (url, execute, upload) = (settings.url.as_str(), settings.execute, settings.upload);
+        let keys = match &settings.keys {
+            Some(keys) => (**keys).clone(),
+            None => {
+                let config = crate::config::Config::get();
+                let (keys, problems) = crate::cache::signing::CacheKeys::parse(
+                    config.cache_signing_key.as_deref(),
+                    config.cache_trusted_keys.as_deref(),
+                );
+                for problem in problems {
+                    warn(&format!("{url}: {problem}"));
+                }
+                keys
+            }
+        };
         if !keys.can_verify() {
             warn(&format!(
                 "{url}: no key is trusted (KRAFT_CACHE_TRUSTED_KEYS, KRAFT_CACHE_SIGNING_KEY): no cached result will be used"
@@ -302,6 +349,7 @@ impl Remote {
                 cv: Condvar::new(),
             },
             lines: Mutex::default(),
+            downloaded: Default::default(),
         })
     }
 
@@ -352,12 +400,13 @@ impl Remote {
         }
     }
 
-    fn note(&self, action: &Action, settled: Settled, bytes: u64, began: Instant) {
+    fn note(&self, action: &Action, settled: Settled, bytes: u64, began: Instant, phases: Option<Phases>) {
         self.lines.lock().expect("lines").push(ActionLine {
             action: action.name.clone(),
             settled,
             bytes_uploaded: bytes,
             seconds: began.elapsed().as_secs_f64(),
+            phases,
         });
     }
 
@@ -373,13 +422,15 @@ impl Remote {
         let began = Instant::now();
         if self.down.load(Ordering::SeqCst) {
             let out = self.local_slots.run(local)?;
-            self.note(action, Settled::Local, 0, began);
+            self.note(action, Settled::Local, 0, began, None);
             return Ok((out, false));
         }
         let (prepared, root) = self.prepare(action, toolchain)?;
+        let root_seconds = began.elapsed().as_secs_f64();
         match self.remote(action, &prepared, &root) {
-            Ok(Some((out, settled, bytes))) => {
-                self.note(action, settled, bytes, began);
+            Ok(Some((out, settled, bytes, phases))) => {
+                let phases = phases.map(|p| Phases { client_root: root_seconds, ..p });
+                self.note(action, settled, bytes, began, phases);
                 return Ok((out, settled == Settled::CacheHit));
             }
             Ok(None) => {}
@@ -405,7 +456,7 @@ impl Remote {
                 Err(e) => self.give_up(format!("publishing {}: {e:#}", action.name)),
             }
         }
-        self.note(action, Settled::Local, bytes, began);
+        self.note(action, Settled::Local, bytes, began, None);
         Ok((out, false))
     }
 
@@ -415,30 +466,49 @@ impl Remote {
         action: &Action,
         prepared: &PreparedAction,
         root: &inputs::ActionRoot,
-    ) -> anyhow::Result<Option<(Output, Settled, u64)>> {
+    ) -> anyhow::Result<Option<(Output, Settled, u64, Option<Phases>)>> {
         let digest = prepared.digest().clone();
         if let Some(result) = self.cache.lookup(&digest)? {
             if let Some((out, _)) = self.settle(action, &result)? {
                 self.cache.note_hit();
-                return Ok(Some((out, Settled::CacheHit, 0)));
+                return Ok(Some((out, Settled::CacheHit, 0, None)));
             }
         }
         if !self.execute {
             return Ok(None);
         }
         let extra = [prepared.command_blob.clone(), prepared.action_blob.clone()];
-        let bytes = self.roots.upload(&self.cache, root, &extra)?;
-        let outcome = self.cache.client().execute(&digest, true)?;
+        let t = Instant::now();
+        let mut bytes = self.roots.upload(&self.cache, root, &extra)?;
+        let mut client_upload = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let outcome = match self.cache.client().execute(&digest, true) {
+            // REAPI's answer for inputs the CAS no longer holds (evicted
+            // since we checked): upload them again and retry, once.
+            Err(e) if e.rpc_code() == Some(kraft_reapi::Code::FailedPrecondition) => {
+                self.roots.forget_present();
+                let t = Instant::now();
+                bytes += self.roots.upload(&self.cache, root, &extra)?;
+                client_upload += t.elapsed().as_secs_f64();
+                self.cache.client().execute(&digest, true)?
+            }
+            other => other?,
+        };
+        let client_wait = t.elapsed().as_secs_f64() - client_upload;
+        let t = Instant::now();
         let Some((out, result)) = self.settle(action, &outcome.result)? else {
             anyhow::bail!(
                 "the engine's result for {} names outputs outside the build",
                 action.name
             );
         };
+        let client_download = t.elapsed().as_secs_f64();
+        let phases = Phases { client_upload, client_wait, client_download, ..Phases::default() }
+            .from_metadata(result.execution_metadata.as_ref());
         if out.status.success() {
             self.cache.publish(&digest, result)?;
         }
-        Ok(Some((out, Settled::Executed, bytes)))
+        Ok(Some((out, Settled::Executed, bytes, Some(phases))))
     }
 
     /// Download a result's outputs; `None` if it names a path outside the build dir.
@@ -458,6 +528,8 @@ impl Remote {
             .cache
             .download(result, &|rel| self.roots.output_host(rel))
             .with_context(|| format!("downloading the outputs of {}", action.name))?;
+        let bytes: i64 = result.output_files.iter().filter_map(|f| f.digest.as_ref()).map(|d| d.size_bytes).sum();
+        self.downloaded.fetch_add(bytes.max(0) as u64 + (stdout.len() + stderr.len()) as u64, Ordering::Relaxed);
         Ok(Some((
             output(result.exit_code, stdout, stderr),
             result.clone(),
@@ -477,7 +549,18 @@ impl Remote {
             untrusted_entries: counters.untrusted,
             published: counters.published,
             bytes_uploaded: lines.iter().map(|l| l.bytes_uploaded).sum(),
+            bytes_downloaded: self.downloaded.load(Ordering::Relaxed),
             gave_up: self.gave_up.lock().expect("gave_up").clone(),
+            phase_totals: lines.iter().filter_map(|l| l.phases.as_ref()).fold(Phases::default(), |t, p| Phases {
+                client_root: t.client_root + p.client_root,
+                client_upload: t.client_upload + p.client_upload,
+                client_wait: t.client_wait + p.client_wait,
+                queued: t.queued + p.queued,
+                worker_fetch: t.worker_fetch + p.worker_fetch,
+                worker_execute: t.worker_execute + p.worker_execute,
+                worker_upload: t.worker_upload + p.worker_upload,
+                client_download: t.client_download + p.client_download,
+            }),
             actions: lines,
         }
     }

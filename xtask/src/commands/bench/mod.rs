@@ -23,7 +23,9 @@
 //! (flip the printk level and build, flip back: the timed build is all in
 //! the store), `uk/cold-j1` and `musl/cold-j1` (one job each side: the cost
 //! per action without scheduling), `uk/remote-warm` (empty store and output
-//! dir, a team cache on nginx filled by one build; bytes on the wire).
+//! dir, a team cache on nginx filled by one build; bytes on the wire) and
+//! `uk/remote-warm-reapi` (the same against BuildGrid's REAPI action cache,
+//! see [`buildgrid`]).
 //!
 //! Every run is accounted for (`measure::RunUse`): the tool's own CPU
 //! against its children's, its peak RSS, and for our side the phases the
@@ -34,6 +36,7 @@
 
 
 pub mod account;
+pub mod buildgrid;
 pub mod measure;
 pub mod musl;
 pub mod nginx;

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use super::account::Floor;
 use super::measure::{measure, record_phases, record_traffic, set_store_dir, BenchOptions, Phases, Scenario, ScenarioResult, Side};
+use super::buildgrid::BuildGrid;
 use super::nginx::{Nginx, Traffic};
 use kraft::cache::http::{RemoteCache, RemoteOptions};
+use kraft::exec::remote::Settings;
 use kraft::session::Options;
 use kraft::source::recipe::ComponentKind;
 use kraft::session::Session;
@@ -87,9 +89,9 @@ fn mirror_clone(session: &Session, repo: &str, rev: &str, dest: &Utf8Path) -> Re
 
 pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, results: &mut Vec<ScenarioResult>, log: &dyn Fn(&str)) -> Result<()> {
     let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 11] = [
         "uk/cold", "uk/no-op", "uk/printk-flip", "uk/edit-main", "uk/warm-fresh", "uk/second-app",
-        "uk/config-revert", "uk/cold-j1", "uk/remote-warm", "uk/",
+        "uk/config-revert", "uk/cold-j1", "uk/remote-warm", "uk/remote-warm-reapi", "uk/",
     ];
     if !NAMES.iter().any(|n| want(n)) {
         return Ok(()); // the filter selects no Unikraft scenario: skip the checkouts and the first build
@@ -124,11 +126,26 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         let options = RemoteOptions { upload_wait: Duration::from_secs(900), queue_capacity: 1 << 20, ..RemoteOptions::default() };
         RemoteCache::from_config(Some(&s.url()), kraft::cache::signing::CacheKeys::none().signing("bench", REMOTE_SEED)).expect("a URL").with_options(options)
     });
-    let build_with = |app: &Utf8Path, store: &Utf8Path, jobs: usize, remote: Option<&RemoteCache>| -> Result<kraft::pipeline::target::TargetBuild> {
+    // The REAPI team cache of uk/remote-warm-reapi: BuildGrid, filled by the
+    // same first build (signed with the bench's key), read by the scenario.
+    let engine = if want("uk/remote-warm-reapi") { Some(BuildGrid::start(&session.workspace.root, &root.join("buildgrid"))?) } else { None };
+    let engine_settings = |upload: bool| {
+        engine.as_ref().map(|e| Settings {
+            url: e.url(),
+            execute: false,
+            upload,
+            is_cache_url: true,
+            keys: Some(std::sync::Arc::new(kraft::cache::signing::CacheKeys::none().signing("bench", REMOTE_SEED))),
+        })
+    };
+    let engine_fill = engine_settings(true);
+    let engine_read = engine_settings(false);
+    let build_with = |app: &Utf8Path, store: &Utf8Path, jobs: usize, remote: Option<&RemoteCache>, reapi: Option<&Settings>| -> Result<kraft::pipeline::target::TargetBuild> {
         // The ordinary scenarios never talk to a team cache, whatever the environment says.
         let global = Options { store: Some(store.to_owned()), jobs: Some(jobs), remote_cache: Some(String::new()), ..Options::default() };
         let mut s = Session::new(session.workspace.clone(), &global)?;
         s.remote = remote.cloned();
+        s.reapi = reapi.cloned();
         let (_, mut builds) = kraft::pipeline::target::build_app(&s, app.as_str(), Some("qemu/x86_64"))?;
         let build = builds.pop().context("no target built")?;
         let mut phases = Phases::default();
@@ -136,7 +153,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         record_phases(phases);
         Ok(build)
     };
-    let ours = |app: &Utf8Path| build_with(app, &store_dir, jobs, None);
+    let ours = |app: &Utf8Path| build_with(app, &store_dir, jobs, None, None);
     let out_of = |name: &str| session.workspace.output_dir(name, "qemu-x86_64");
     // Baseline tree: checkout + app + build dir with our .config and the tarball.
     let base = root.join("base");
@@ -205,7 +222,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     // of a configuration change), and it fills the team cache.
     set_store_dir(None);
     wipe_ours("helloworld")?; // a cold build: every action runs (and reaches the team cache)
-    let filled = build_with(&app1, &store_dir, jobs, remote.as_ref())?;
+    let filled = build_with(&app1, &store_dir, jobs, remote.as_ref(), engine_fill.as_ref())?;
     let floor = Floor::of(&filled.state_path, CONFIG_HEADER);
     let fill_bytes = server.as_ref().map(|s| s.traffic()).unwrap_or_default();
     log(&format!(
@@ -336,7 +353,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     }
                     wipe_ours("helloworld")
                 },
-                |_| build_with(&app1, &store_dir, 1, None).map(drop),
+                |_| build_with(&app1, &store_dir, 1, None, None).map(drop),
             ),
             baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make_j("helloworld", 1)),
         });
@@ -355,10 +372,34 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     wipe_ours("helloworld")
                 },
                 |_| {
-                    let build = build_with(&app1, &remote_store, jobs, Some(remote))?;
+                    let build = build_with(&app1, &remote_store, jobs, Some(remote), None)?;
                     anyhow::ensure!(build.report.remote_hits > 0, "nothing came from the team cache: {:?}", build.report.remote_warnings);
                     let traffic = server.traffic().minus(traffic_before.get());
                     record_traffic(traffic.uploaded, traffic.downloaded);
+                    Ok(())
+                },
+            ),
+            baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
+        });
+    }
+    if let (true, Some(settings)) = (want("uk/remote-warm-reapi"), engine_read.as_ref()) {
+        list.push(Scenario {
+            name: "uk/remote-warm-reapi".into(),
+            description: "empty store and output dir, REAPI action cache (BuildGrid on loopback) filled by one build, vs make on a fresh checkout".into(),
+            ours: Side::new(
+                |_| {
+                    if remote_store.exists() {
+                        std::fs::remove_dir_all(&remote_store)?;
+                    }
+                    set_store_dir(Some(remote_store.clone()));
+                    wipe_ours("helloworld")
+                },
+                |_| {
+                    let build = build_with(&app1, &remote_store, jobs, None, Some(settings))?;
+                    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(build.out_dir.join("remote.json"))?)?;
+                    let hits = report["cache_hits"].as_u64().unwrap_or(0);
+                    anyhow::ensure!(hits > 0, "nothing came from the REAPI cache: {report}");
+                    record_traffic(report["bytes_uploaded"].as_u64().unwrap_or(0), report["bytes_downloaded"].as_u64().unwrap_or(0));
                     Ok(())
                 },
             ),
