@@ -200,12 +200,17 @@ impl Shared<'_> {
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("removing stale {host}")).into()),
             }
         }
-        self.clock.note_spawn();
-        let local = || self.runner.run(&action.script, &action.cwd);
-        let (output, remote_hit) = self.clock.time(Phase::of(action.kind), || match self.reapi {
-            Some(reapi) => reapi.run(action, &self.toolchain, &local),
-            None => Ok((local()?, false)),
-        })?;
+        let local = || {
+            self.clock.note_spawn();
+            self.runner.run(&action.script, &action.cwd)
+        };
+        let began = std::time::Instant::now();
+        let (output, remote_hit) = match self.reapi {
+            Some(reapi) => reapi.run(action, &self.toolchain, &local)?,
+            None => (local()?, false),
+        };
+        // A REAPI cache hit is a lookup (with its download), not a command.
+        self.clock.add(if remote_hit { Phase::Lookup } else { Phase::of(action.kind) }, began.elapsed());
         let stdout = self.inside_text(&String::from_utf8_lossy(&output.stdout));
         let stderr = self.inside_text(&String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {

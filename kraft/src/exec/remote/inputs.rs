@@ -57,6 +57,10 @@ pub struct InputRoots {
     /// The prepared build dir: path relative to `/kraft` → entry.
     prepared: BTreeMap<String, Entry>,
     prepared_symlinks: Vec<InputSymlink>,
+    /// The prepared build dir by directory (relative to `/kraft`), hashed
+    /// once: an action's root re-hashes only the directories on the way to
+    /// its overlay files and grafts every other one by this digest.
+    prepared_dirs: HashMap<String, PreparedDir>,
     /// Per action: its outputs and depfile, relative to `/kraft`.
     outputs: Vec<Vec<String>>,
     deps: Vec<Vec<ActionId>>,
@@ -66,6 +70,21 @@ pub struct InputRoots {
     present: Mutex<HashSet<String>>,
     /// Whether the base trees were uploaded.
     base_sent: Mutex<bool>,
+}
+
+/// One directory of the prepared build dir.
+#[derive(Default)]
+struct PreparedDir {
+    digest: Option<Digest>,
+    /// Direct files (relative paths), symlinks and subdirectories.
+    files: Vec<String>,
+    symlinks: Vec<InputSymlink>,
+    dirs: Vec<String>,
+}
+
+/// `a/b/c` → `a/b`, `a` → ``.
+fn parent_of(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 /// One action's root, ready to upload.
@@ -121,6 +140,7 @@ impl InputRoots {
             base_symlinks: 0,
             prepared: BTreeMap::new(),
             prepared_symlinks: Vec::new(),
+            prepared_dirs: HashMap::new(),
             outputs,
             deps: graph.actions.iter().map(|a| a.deps.clone()).collect(),
             digests: Mutex::default(),
@@ -151,7 +171,45 @@ impl InputRoots {
             roots.walk(&build.host, &build_rel, &|rel| !produced.contains(rel))?;
         roots.prepared = files;
         roots.prepared_symlinks = symlinks;
+        roots.index_prepared(&build_rel)?;
         Ok(roots)
+    }
+
+    /// Hash the prepared build dir once as its own tree (its blobs go up
+    /// with the read-only trees) and index it by directory.
+    fn index_prepared(&mut self, build_rel: &str) -> anyhow::Result<()> {
+        let inputs: Vec<InputFile> = self
+            .prepared
+            .iter()
+            .map(|(p, e)| InputFile { path: p.clone(), digest: e.digest.clone(), is_executable: e.executable })
+            .collect();
+        let tree = MerkleTree::build(&inputs, &self.prepared_symlinks, &[build_rel.to_string()])
+            .context("hashing the prepared build dir")?;
+        let by_digest: HashMap<&str, &kraft_reapi::proto::reapi::Directory> =
+            tree.directories.iter().map(|d| (d.digest.hash.as_str(), &d.directory)).collect();
+        // Walk the tree from the root to give every directory its digest.
+        let mut dirs: HashMap<String, PreparedDir> = HashMap::new();
+        let mut stack = vec![(String::new(), tree.root_digest.clone())];
+        while let Some((path, digest)) = stack.pop() {
+            let directory = by_digest.get(digest.hash.as_str()).context("the prepared tree lacks a directory")?;
+            let entry = dirs.entry(path.clone()).or_default();
+            entry.digest = Some(digest);
+            for sub in &directory.directories {
+                let child = if path.is_empty() { sub.name.clone() } else { format!("{path}/{}", sub.name) };
+                entry.dirs.push(child.clone());
+                stack.push((child, sub.digest.clone().context("a directory node without a digest")?));
+            }
+        }
+        for path in self.prepared.keys() {
+            dirs.entry(parent_of(path).to_string()).or_default().files.push(path.clone());
+        }
+        for link in &self.prepared_symlinks {
+            dirs.entry(parent_of(&link.path).to_string()).or_default().symlinks.push(link.clone());
+        }
+        self.base_dirs.extend(tree.blobs());
+        self.base_files.extend(self.prepared.values().cloned());
+        self.prepared_dirs = dirs;
+        Ok(())
     }
 
     /// Files and symlinks under `dir`, relative paths prefixed with `prefix`.
@@ -254,8 +312,14 @@ impl InputRoots {
     }
 
     /// The input root of action `id` with `inputs` (its declared inputs, inside paths).
+    ///
+    /// The overlay (declared inputs under the build dir and the outputs of
+    /// every transitive dependency, as they are now) is laid over the
+    /// prepared build dir. Only the directories on the way to an overlay
+    /// file are built again; every other prepared directory is grafted by
+    /// the digest [`Self::index_prepared`] gave it. The digest is the same
+    /// as that of the whole tree built file by file.
     pub fn root_for(&self, id: ActionId, inputs: &[Utf8PathBuf]) -> anyhow::Result<ActionRoot> {
-        let mut files: BTreeMap<String, Entry> = self.prepared.clone();
         let mut overlay: Vec<String> = inputs.iter().filter_map(|p| relative(p)).collect();
         let mut seen = HashSet::new();
         let mut stack: Vec<ActionId> = self.deps[id.0].clone();
@@ -265,6 +329,31 @@ impl InputRoots {
             }
             overlay.extend(self.outputs[dep.0].iter().cloned());
             stack.extend(self.deps[dep.0].iter().copied());
+        }
+        // Keep only paths in the build dir (the rest are read-only trees).
+        overlay.retain(|rel| self.build_host(rel).is_some());
+        let mut touched: HashSet<&str> = HashSet::new();
+        touched.insert("");
+        for rel in &overlay {
+            let mut dir = parent_of(rel);
+            while touched.insert(dir) {
+                dir = parent_of(dir);
+            }
+        }
+        let mut files: BTreeMap<String, Entry> = BTreeMap::new();
+        let mut symlinks: Vec<InputSymlink> = Vec::new();
+        let mut grafts = self.grafts.clone();
+        for dir in &touched {
+            let Some(prepared) = self.prepared_dirs.get(*dir) else { continue };
+            for path in &prepared.files {
+                files.insert(path.clone(), self.prepared[path].clone());
+            }
+            symlinks.extend(prepared.symlinks.iter().cloned());
+            for sub in prepared.dirs.iter().filter(|d| !touched.contains(d.as_str())) {
+                if let Some(digest) = &self.prepared_dirs[sub].digest {
+                    grafts.push((sub.clone(), digest.clone()));
+                }
+            }
         }
         for rel in overlay {
             let Some(host) = self.build_host(&rel) else {
@@ -287,7 +376,7 @@ impl InputRoots {
                 is_executable: e.executable,
             })
             .collect();
-        let tree = MerkleTree::build_grafted(&inputs, &self.prepared_symlinks, &[], &self.grafts)
+        let tree = MerkleTree::build_grafted(&inputs, &symlinks, &[], &grafts)
             .context("building the action's input tree")?;
         Ok(ActionRoot {
             digest: tree.root_digest.clone(),
@@ -429,4 +518,71 @@ fn file_digest(host: &Utf8Path) -> anyhow::Result<Digest> {
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::graph::{Action, ActionKind};
+
+    fn action(id: usize, inputs: &[&str], outputs: &[&str], deps: &[usize]) -> Action {
+        Action {
+            id: ActionId(id),
+            name: format!("a{id}"),
+            kind: ActionKind::Compile,
+            unit: "u".into(),
+            script: "true".into(),
+            cwd: "/kraft/build".into(),
+            inputs: inputs.iter().map(Utf8PathBuf::from).collect(),
+            outputs: outputs.iter().map(Utf8PathBuf::from).collect(),
+            depfile: None,
+            deps: deps.iter().map(|&d| ActionId(d)).collect(),
+        }
+    }
+
+    /// The root built from the prepared index and grafts has the digest of
+    /// the same files built one by one (so the shortcut changes no key).
+    #[test]
+    fn grafted_root_equals_the_whole_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = Utf8Path::from_path(dir.path()).unwrap().join("build");
+        for (path, text) in [
+            (".config", "CONFIG_X=y"),
+            ("include/uk/bits/config.h", "#define X 1"),
+            ("libmusl/origin/src/a.c", "int a;"),
+            ("libmusl/origin/src/b.c", "int b;"),
+            ("libmusl/origin/include/c.h", "int c;"),
+            ("libfoo/x.o", "stale object from a make run"),
+        ] {
+            let p = host.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, text).unwrap();
+        }
+        std::os::unix::fs::symlink("origin/src", host.join("libmusl/src-link")).unwrap();
+        let graph = Graph {
+            actions: vec![
+                action(0, &["/kraft/build/libmusl/origin/src/a.c"], &["/kraft/build/libmusl/a.o"], &[]),
+                action(1, &[], &["/kraft/build/libfoo/x.o"], &[]),
+                action(2, &["/kraft/build/libmusl/a.o", "/kraft/build/libfoo/x.o"], &["/kraft/build/image"], &[0, 1]),
+            ],
+        };
+        let roots = InputRoots::new(&[Mount::rw(host.clone(), "/kraft/build")], &graph).unwrap();
+        fs::write(host.join("libmusl/a.o"), "object a").unwrap();
+        fs::write(host.join("libfoo/x.o"), "object x").unwrap();
+        for id in 0..3 {
+            let root = roots.root_for(ActionId(id), &graph.actions[id].inputs).unwrap();
+            let mut files: BTreeMap<String, Entry> = roots.prepared.clone();
+            for a in [0, 1].iter().filter(|&&d| graph.actions[id].deps.contains(&ActionId(d))) {
+                for out in roots.outputs_of(ActionId(*a)) {
+                    files.insert(out.clone(), roots.entry(&roots.build_host(out).unwrap()).unwrap().unwrap());
+                }
+            }
+            let inputs: Vec<InputFile> = files
+                .iter()
+                .map(|(p, e)| InputFile { path: p.clone(), digest: e.digest.clone(), is_executable: e.executable })
+                .collect();
+            let whole = MerkleTree::build(&inputs, &roots.prepared_symlinks, &[]).unwrap();
+            assert_eq!(root.digest, whole.root_digest, "action {id}");
+        }
+    }
 }

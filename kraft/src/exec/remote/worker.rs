@@ -111,10 +111,6 @@ pub fn run(engine: &str, jobs: usize, cache: &Utf8Path, say: &dyn Fn(&str)) -> a
     config.private_dirs_property = Some(super::PRIVATE_DIRS_PROPERTY.to_string());
     let leases: Utf8PathBuf = cache.join("leases");
     let _ = crate::util::fs::remove_tree(&leases);
-    say(&format!(
-        "serving {engine} with {jobs} jobs, {} toolchains ({}…), blob cache {cache}",
-        identities.len(),
-        &identities[0][..16]
-    ));
+    say(&format!("serving {engine} with {jobs} jobs, blob cache {cache}; kraft-toolchain values: {}", identities.join(", ")));
     run_worker_with(&config, execute).with_context(|| format!("worker for {engine}"))
 }
