@@ -270,41 +270,36 @@ impl ReapiCache {
         result: &ActionResult,
         to_host: &dyn Fn(&str) -> Option<Utf8PathBuf>,
     ) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-        let mut digests: Vec<Digest> = result
-            .output_files
-            .iter()
-            .filter_map(|f| f.digest.clone())
-            .collect();
-        if digests.len() != result.output_files.len() {
-            anyhow::bail!(
-                "{}: an output file of the result has no digest",
-                self.client.server()
-            );
+        let mut small: Vec<(&OutputFile, Digest)> = Vec::new();
+        for file in &result.output_files {
+            let digest = file.digest.clone().with_context(|| {
+                format!("{}: output {} of the result has no digest", self.client.server(), file.path)
+            })?;
+            let host = to_host(&file.path).with_context(|| {
+                format!("{}: the result names output {}, outside the build", self.client.server(), file.path)
+            })?;
+            if digest.size_bytes > STREAM_TO_FILE_BYTES {
+                // Large outputs (musl's partial links with debug info) go
+                // straight to disk: memory stays at one chunk.
+                let (tmp, mut out) = temp_beside(&host)?;
+                self.client.bytestream_read_to(&digest, &mut out)?;
+                drop(out);
+                persist(tmp, &host, file_mode(file.is_executable))?;
+            } else {
+                small.push((file, digest));
+            }
         }
+        let mut digests: Vec<Digest> = small.iter().map(|(_, d)| d.clone()).collect();
         let stdio = [&result.stdout_digest, &result.stderr_digest]
             .map(|d| d.clone().unwrap_or_else(|| kraft_reapi::digest_of(b"")));
         digests.extend(stdio.iter().cloned());
         let mut datas = self.client.read_blobs(&digests)?;
         let stderr = datas.pop().unwrap_or_default();
         let stdout = datas.pop().unwrap_or_default();
-        let stdout = if result.stdout_raw.is_empty() {
-            stdout
-        } else {
-            result.stdout_raw.clone()
-        };
-        let stderr = if result.stderr_raw.is_empty() {
-            stderr
-        } else {
-            result.stderr_raw.clone()
-        };
-        for (file, data) in result.output_files.iter().zip(datas) {
-            let host = to_host(&file.path).with_context(|| {
-                format!(
-                    "{}: the result names output {}, outside the build",
-                    self.client.server(),
-                    file.path
-                )
-            })?;
+        let stdout = if result.stdout_raw.is_empty() { stdout } else { result.stdout_raw.clone() };
+        let stderr = if result.stderr_raw.is_empty() { stderr } else { result.stderr_raw.clone() };
+        for ((file, _), data) in small.iter().zip(datas) {
+            let host = to_host(&file.path).context("output path")?;
             write_output(&host, &data, file.is_executable)?;
         }
         Ok((stdout, stderr))
@@ -316,8 +311,15 @@ impl ReapiCache {
     }
 }
 
-/// Write one downloaded output atomically.
-fn write_output(host: &Utf8Path, data: &[u8], executable: bool) -> anyhow::Result<()> {
+/// Outputs larger than this are streamed to disk rather than read in batches.
+const STREAM_TO_FILE_BYTES: i64 = 8 * 1024 * 1024;
+
+fn file_mode(executable: bool) -> u32 {
+    if executable { 0o755 } else { 0o644 }
+}
+
+/// A temporary file beside `host` (same file system, so the rename is atomic).
+fn temp_beside(host: &Utf8Path) -> anyhow::Result<(tempfile::TempPath, fs::File)> {
     let dir = host.parent().context("output path has no parent")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
     let tmp = tempfile::Builder::new()
@@ -325,14 +327,22 @@ fn write_output(host: &Utf8Path, data: &[u8], executable: bool) -> anyhow::Resul
         .suffix(".remote")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {dir}"))?;
-    fs::write(tmp.path(), data).with_context(|| format!("writing {host}"))?;
-    let mode = if executable { 0o755 } else { 0o644 };
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {host}"))?;
-    tmp.persist(host)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {host}"))?;
+    let (file, path) = tmp.into_parts();
+    Ok((path, file))
+}
+
+fn persist(tmp: tempfile::TempPath, host: &Utf8Path, mode: u32) -> anyhow::Result<()> {
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {host}"))?;
+    tmp.persist(host).map_err(|e| e.error).with_context(|| format!("writing {host}"))?;
     Ok(())
+}
+
+/// Write one downloaded output atomically.
+fn write_output(host: &Utf8Path, data: &[u8], executable: bool) -> anyhow::Result<()> {
+    let (tmp, mut file) = temp_beside(host)?;
+    std::io::Write::write_all(&mut file, data).with_context(|| format!("writing {host}"))?;
+    drop(file);
+    persist(tmp, host, file_mode(executable))
 }
 
 #[cfg(test)]

@@ -246,7 +246,11 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let result = exec::execute(&plan.graph, &ctx);
     exec::remote::finish(output, reapi.as_ref(), &prepared.out_dir);
     bar.finish();
-    let report = result?;
+    let mut report = result?;
+    if let Some(remote) = &reapi {
+        // Outputs that came from the REAPI action cache are remote hits too.
+        report.remote_hits += remote.report().cache_hits;
+    }
 
     let build_dir = prepared.input.build.clone();
     let image = install(&build_dir, &prepared.out_dir, &prepared.image_name)?;
