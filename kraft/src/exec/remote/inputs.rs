@@ -486,14 +486,17 @@ impl InputRoots {
 
     /// Counts of the read-only trees and the prepared build dir, for the report.
     pub fn describe(&self) -> String {
-        let bytes: i64 = self.base_files.iter().map(|f| f.digest.size_bytes).sum();
+        // `base_files` ends with the prepared build dir's files.
+        let read_only = &self.base_files[..self.base_files.len() - self.prepared.len()];
+        let mib = |files: &[Entry]| files.iter().map(|f| f.digest.size_bytes).sum::<i64>() as f64 / 1048576.0;
         format!(
-            "{} read-only trees ({} files, {} symlinks, {:.1} MiB), {} prepared build files",
+            "{} read-only trees ({} files, {} symlinks, {:.1} MiB), {} prepared build files ({:.1} MiB)",
             self.grafts.len(),
-            self.base_files.len(),
+            read_only.len(),
             self.base_symlinks,
-            bytes as f64 / 1048576.0,
-            self.prepared.len()
+            mib(read_only),
+            self.prepared.len(),
+            mib(&self.base_files[read_only.len()..])
         )
     }
 
