@@ -205,6 +205,17 @@ pub struct RunArgs {
     /// Stop QEMU after this many seconds (0: never).
     #[arg(long, default_value_t = 0)]
     pub timeout: u64,
+    /// QEMU acceleration: `auto` (KVM when usable, TCG when KVM is missing
+    /// or fails to run the guest), `kvm` or `tcg`.
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Debug, Args)]

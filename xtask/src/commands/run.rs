@@ -1,14 +1,27 @@
 //! `run`: build, then boot the image. QEMU targets boot under
-//! `qemu-system-<arch>` (KVM when `/dev/kvm` is usable, TCG otherwise) with
-//! the console on stdio; `linuxu` targets are host programs and run directly.
+//! `qemu-system-<arch>` with the console on stdio; `linuxu` targets are host
+//! programs and run directly.
+//!
+//! Acceleration (`--accel`): `auto` uses KVM when `/dev/kvm` opens, and falls
+//! back to TCG, with one warning, when KVM then fails to run the guest: in
+//! nested virtualisation `/dev/kvm` often opens but QEMU stops with "KVM
+//! internal error" or cannot set an MSR, and without the fallback the guest
+//! would hang there or never start.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::flags::{Accel, RunArgs};
 use kraft::diag::Diagnostic;
-use crate::flags::RunArgs;
 use kraft::session::Session;
+
+/// What QEMU prints when KVM cannot run this guest on this host.
+const KVM_FAILURES: [&str; 3] = ["KVM internal error", "failed to set MSR", "kvm_init_vcpu failed"];
 
 pub fn run(session: &Session, args: &RunArgs) -> anyhow::Result<()> {
     let (_, builds) = kraft::pipeline::target::build_app(session, &args.app, args.target.as_deref())?;
@@ -17,28 +30,102 @@ pub fn run(session: &Session, args: &RunArgs) -> anyhow::Result<()> {
         Diagnostic::new(format!("{}: the build produced no image", build.target)).help("see `cargo xtask graph` for the final link")
     })?;
     let (plat, arch) = build.target.split_once('/').unwrap_or(("qemu", "x86_64"));
-    let mut command = if plat == "linuxu" {
-        Command::new(&image)
-    } else {
-        let qemu = format!("qemu-system-{arch}");
+    let timeout = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    if plat == "linuxu" {
+        return finish(&image.to_string(), launch(Command::new(&image), timeout)?, timeout);
+    }
+    let qemu = format!("qemu-system-{arch}");
+    let qemu_with = |accel: &str| {
         let mut cmd = Command::new(&qemu);
         cmd.args(["-kernel", image.as_str(), "-nographic", "-no-reboot", "-m", &args.memory.to_string()]);
-        cmd.args(["-cpu", "max"]);
-        let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-        cmd.args(["-accel", if kvm { "kvm" } else { "tcg" }]);
-        session.output.status("Booting", &format!("{image} with {qemu} ({})", if kvm { "kvm" } else { "tcg, no KVM" }));
+        cmd.args(["-cpu", "max", "-accel", accel]);
         cmd
     };
-    if args.timeout > 0 {
-        let program = command.get_program().to_owned();
-        let rest: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
-        command = Command::new("timeout");
-        command.arg("--foreground").arg(args.timeout.to_string()).arg(program).args(rest);
+    let kvm_opens = || std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm = match args.accel {
+        Accel::Kvm => true,
+        Accel::Tcg => false,
+        Accel::Auto => kvm_opens(),
+    };
+    if kvm {
+        session.output.status("Booting", &format!("{image} with {qemu} (kvm)"));
+        match launch(qemu_with("kvm"), timeout)? {
+            Launched::KvmFailed(line) if args.accel == Accel::Auto => {
+                session.output.warning(
+                    &Diagnostic::new(format!("KVM cannot run the guest on this host ({line}); booting again with TCG"))
+                        .help("pass --accel tcg to skip KVM"),
+                );
+            }
+            Launched::KvmFailed(line) => anyhow::bail!("{qemu} with KVM: {line}"),
+            done => return finish(&qemu, done, timeout),
+        }
     }
-    let status = command.status().with_context(|| format!("starting {:?} (is qemu-system installed?)", command.get_program()))?;
-    // timeout(1) exits 124 when it stopped the guest: that is the expected end.
-    if !status.success() && !(args.timeout > 0 && status.code() == Some(124)) {
-        anyhow::bail!("{} exited with {status}", command.get_program().to_string_lossy());
+    session.output.status("Booting", &format!("{image} with {qemu} (tcg{})", if kvm_opens() { "" } else { ", no KVM" }));
+    finish(&qemu, launch(qemu_with("tcg"), timeout)?, timeout)
+}
+
+enum Launched {
+    Exited(ExitStatus),
+    TimedOut,
+    KvmFailed(String),
+}
+
+/// Run `command` with stderr passed through line by line, watching it for
+/// [`KVM_FAILURES`]; stop it at `timeout`.
+fn launch(mut command: Command, timeout: Option<Duration>) -> anyhow::Result<Launched> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program} (is it installed? `cargo xtask doctor` says how)"))?;
+    let failed = Arc::new(AtomicBool::new(false));
+    let failure = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().context("QEMU's stderr")?;
+    let reader = {
+        let (failed, failure) = (failed.clone(), failure.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if KVM_FAILURES.iter().any(|f| line.contains(f)) && !failed.swap(true, Ordering::SeqCst) {
+                    *failure.lock().expect("failure") = line.trim().to_string();
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let outcome = loop {
+        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {program}"))? {
+            break Launched::Exited(status);
+        }
+        if failed.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Launched::KvmFailed(failure.lock().expect("failure").clone());
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Launched::TimedOut;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    // A failure line printed just before QEMU exited still counts.
+    if let (Launched::Exited(_), true) = (&outcome, failed.load(Ordering::SeqCst)) {
+        return Ok(Launched::KvmFailed(failure.lock().expect("failure").clone()));
     }
-    Ok(())
+    Ok(outcome)
+}
+
+fn finish(program: &str, launched: Launched, timeout: Option<Duration>) -> anyhow::Result<()> {
+    match launched {
+        Launched::Exited(status) if status.success() => Ok(()),
+        Launched::Exited(status) => anyhow::bail!("{program} exited with {status}"),
+        // Stopping the guest at --timeout is the expected end.
+        Launched::TimedOut => {
+            eprintln!("stopped {program} after {}s (--timeout)", timeout.map_or(0, |t| t.as_secs()));
+            Ok(())
+        }
+        Launched::KvmFailed(line) => anyhow::bail!("{program} with KVM: {line}"),
+    }
 }
