@@ -133,6 +133,18 @@ fn cas_roundtrip(url: &str) {
         assert_eq!(&b.data, d);
     }
     assert_eq!(c.bytestream_read(&big.digest).unwrap(), big.data);
+    // Streamed into a file (written from its start, whatever was there).
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &vec![7u8; big.data.len() + 100]).unwrap();
+    c.bytestream_read_to(&big.digest, &mut file).unwrap();
+    let mut streamed = Vec::new();
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).unwrap();
+    std::io::Read::read_to_end(&mut file, &mut streamed).unwrap();
+    assert!(streamed == big.data, "the streamed file differs from the blob");
+    // A digest the server holds other bytes for (same hash, other size) is refused.
+    let mut wrong = big.digest.clone();
+    wrong.size_bytes -= 1;
+    assert!(c.bytestream_read_to(&wrong, &mut file).is_err());
     assert_eq!(c.read_blob(&digest_of(b"")).unwrap(), Vec::<u8>::new());
 
     // Force the ByteStream path for medium blobs with a tiny batch limit.
