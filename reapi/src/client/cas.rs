@@ -347,13 +347,59 @@ impl Client {
     }
 
     pub(crate) async fn bytestream_read_async(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let mut data = Vec::with_capacity((digest.size_bytes.max(0) as usize).min(64 * 1024 * 1024));
+        let data_ref = std::cell::RefCell::new(&mut data);
+        self.bytestream_read_into(
+            digest,
+            &mut || {
+                data_ref.borrow_mut().clear();
+                Ok(())
+            },
+            &mut |chunk| {
+                data_ref.borrow_mut().extend_from_slice(chunk);
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(data)
+    }
+
+    /// Downloads one blob through ByteStream Read into `file` (written from
+    /// its start), hashing as it streams, so memory holds one chunk however
+    /// large the blob.
+    pub fn bytestream_read_to(&self, digest: &Digest, file: &mut std::fs::File) -> Result<()> {
+        use std::io::{Seek, Write};
+        let op = format!("ByteStream.Read {}", digest_string(digest));
+        let io = |e: std::io::Error| Error::io(format!("{op}: writing the download"), e);
+        let file = std::cell::RefCell::new(file);
+        self.block_on(self.bytestream_read_into(
+            digest,
+            &mut || {
+                let mut f = file.borrow_mut();
+                f.set_len(0).map_err(io)?;
+                f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+                Ok(())
+            },
+            &mut |chunk| file.borrow_mut().write_all(chunk).map_err(io),
+        ))
+    }
+
+    /// ByteStream Read of `digest` into `sink`, verified as it streams; a
+    /// transient failure calls `reset` and starts again.
+    async fn bytestream_read_into(
+        &self,
+        digest: &Digest,
+        reset: &mut dyn FnMut() -> Result<()>,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let op = format!("ByteStream.Read {}", digest_string(digest));
         let t = self.stream_timeout(digest.size_bytes);
         let mut attempt = 0;
         loop {
-            let res = tokio::time::timeout(t, self.bytestream_read_once(digest, &op, t)).await;
+            reset()?;
+            let res = tokio::time::timeout(t, self.bytestream_read_once(digest, &op, t, sink)).await;
             let err = match res {
-                Ok(Ok(data)) => return Ok(data),
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => e,
                 Err(_) => self.timeout_err(&op, t),
             };
@@ -365,64 +411,13 @@ impl Client {
         }
     }
 
-    /// Downloads one blob through ByteStream Read into `file` (written from
-    /// its start), hashing as it streams, so memory holds one chunk however
-    /// large the blob. A transient failure restarts the download.
-    pub fn bytestream_read_to(&self, digest: &Digest, file: &mut std::fs::File) -> Result<()> {
-        self.block_on(async {
-            let op = format!("ByteStream.Read {}", digest_string(digest));
-            let t = self.stream_timeout(digest.size_bytes);
-            let mut attempt = 0;
-            loop {
-                let res = tokio::time::timeout(t, self.bytestream_read_to_once(digest, &op, t, file)).await;
-                let err = match res {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(e)) => e,
-                    Err(_) => self.timeout_err(&op, t),
-                };
-                if !err.is_transient() || attempt >= self.opts.retries {
-                    return Err(err);
-                }
-                attempt += 1;
-                tokio::time::sleep(super::backoff(attempt)).await;
-            }
-        })
-    }
-
-    async fn bytestream_read_to_once(&self, digest: &Digest, op: &str, t: Duration, file: &mut std::fs::File) -> Result<()> {
-        use std::io::{Seek, Write};
-        let io = |e: std::io::Error| Error::io(format!("{op}: writing the download"), e);
-        file.set_len(0).map_err(io)?;
-        file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-        let req = Self::request(
-            ReadRequest { resource_name: read_resource_name(&self.instance, digest), read_offset: 0, read_limit: 0 },
-            t,
-        );
-        let mut stream = bytestream(self.channel()).read(req).await.map_err(|s| self.rpc_err(op, &s))?.into_inner();
-        let expected = digest.size_bytes as u64;
-        let mut written = 0u64;
-        let mut hasher = crate::digest::Hasher::new();
-        while let Some(msg) = stream.message().await.map_err(|s| self.rpc_err(op, &s))? {
-            written += msg.data.len() as u64;
-            if written > expected {
-                return Err(self.bad(op, format!("server sent more than the {expected} bytes expected")));
-            }
-            hasher.update(&msg.data);
-            file.write_all(&msg.data).map_err(io)?;
-        }
-        let got = hasher.finish();
-        if got.hash != digest.hash || got.size_bytes != digest.size_bytes {
-            return Err(self.bad(op, format!("the data read has digest {}, not {}", digest_string(&got), digest_string(digest))));
-        }
-        Ok(())
-    }
-
     async fn bytestream_read_once(
         &self,
         digest: &Digest,
         op: &str,
         t: Duration,
-    ) -> Result<Vec<u8>> {
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
         let req = Self::request(
             ReadRequest {
                 resource_name: read_resource_name(&self.instance, digest),
@@ -436,19 +431,28 @@ impl Client {
             .await
             .map_err(|s| self.rpc_err(op, &s))?
             .into_inner();
-        let expected = digest.size_bytes as usize;
-        let mut data = Vec::with_capacity(expected.min(64 * 1024 * 1024));
+        let expected = digest.size_bytes.max(0) as u64;
+        let mut received = 0u64;
+        let mut hasher = crate::digest::Hasher::new();
         while let Some(msg) = stream.message().await.map_err(|s| self.rpc_err(op, &s))? {
-            if data.len() + msg.data.len() > expected {
+            received += msg.data.len() as u64;
+            if received > expected {
                 return Err(self.bad(
                     op,
                     format!("server sent more than the {expected} bytes expected"),
                 ));
             }
-            data.extend_from_slice(&msg.data);
+            hasher.update(&msg.data);
+            sink(&msg.data)?;
         }
-        verify(digest, &data).map_err(|e| self.bad(op, e))?;
-        Ok(data)
+        let got = hasher.finish();
+        if got.hash != digest.hash || got.size_bytes != digest.size_bytes {
+            return Err(self.bad(
+                op,
+                format!("the data read has digest {}, not {}", digest_string(&got), digest_string(digest)),
+            ));
+        }
+        Ok(())
     }
 }
 

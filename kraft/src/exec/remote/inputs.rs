@@ -82,6 +82,14 @@ struct PreparedDir {
     dirs: Vec<String>,
 }
 
+/// The Merkle builder's view of files by path.
+fn input_files(files: &BTreeMap<String, Entry>) -> Vec<InputFile> {
+    files
+        .iter()
+        .map(|(p, e)| InputFile { path: p.clone(), digest: e.digest.clone(), is_executable: e.executable })
+        .collect()
+}
+
 /// `a/b/c` → `a/b`, `a` → ``.
 fn parent_of(rel: &str) -> &str {
     rel.rsplit_once('/').map_or("", |(dir, _)| dir)
@@ -151,14 +159,7 @@ impl InputRoots {
             let rel = relative(&mount.inside)
                 .with_context(|| format!("mount {} is not under {SANDBOX_ROOT}", mount.inside))?;
             let (files, symlinks) = roots.walk(&mount.host, "", &|_| true)?;
-            let inputs: Vec<InputFile> = files
-                .iter()
-                .map(|(p, e)| InputFile {
-                    path: p.clone(),
-                    digest: e.digest.clone(),
-                    is_executable: e.executable,
-                })
-                .collect();
+            let inputs = input_files(&files);
             let tree = MerkleTree::build(&inputs, &symlinks, &[])
                 .with_context(|| format!("hashing {}", mount.host))?;
             roots.base_dirs.extend(tree.blobs());
@@ -178,11 +179,7 @@ impl InputRoots {
     /// Hash the prepared build dir once as its own tree (its blobs go up
     /// with the read-only trees) and index it by directory.
     fn index_prepared(&mut self, build_rel: &str) -> anyhow::Result<()> {
-        let inputs: Vec<InputFile> = self
-            .prepared
-            .iter()
-            .map(|(p, e)| InputFile { path: p.clone(), digest: e.digest.clone(), is_executable: e.executable })
-            .collect();
+        let inputs = input_files(&self.prepared);
         let tree = MerkleTree::build(&inputs, &self.prepared_symlinks, &[build_rel.to_string()])
             .context("hashing the prepared build dir")?;
         let by_digest: HashMap<&str, &kraft_reapi::proto::reapi::Directory> =
@@ -368,14 +365,7 @@ impl InputRoots {
                 }
             }
         }
-        let inputs: Vec<InputFile> = files
-            .iter()
-            .map(|(p, e)| InputFile {
-                path: p.clone(),
-                digest: e.digest.clone(),
-                is_executable: e.executable,
-            })
-            .collect();
+        let inputs = input_files(&files);
         let tree = MerkleTree::build_grafted(&inputs, &symlinks, &[], &grafts)
             .context("building the action's input tree")?;
         Ok(ActionRoot {
@@ -580,10 +570,7 @@ mod tests {
                     files.insert(out.clone(), roots.entry(&roots.build_host(out).unwrap()).unwrap().unwrap());
                 }
             }
-            let inputs: Vec<InputFile> = files
-                .iter()
-                .map(|(p, e)| InputFile { path: p.clone(), digest: e.digest.clone(), is_executable: e.executable })
-                .collect();
+            let inputs = input_files(&files);
             let whole = MerkleTree::build(&inputs, &roots.prepared_symlinks, &[]).unwrap();
             assert_eq!(root.digest, whole.root_digest, "action {id}");
         }

@@ -112,6 +112,19 @@ fn seconds_between(a: &Option<kraft_reapi::proto::protobuf::Timestamp>, b: &Opti
 }
 
 impl Phases {
+    fn plus(&self, o: &Phases) -> Phases {
+        Phases {
+            client_root: self.client_root + o.client_root,
+            client_upload: self.client_upload + o.client_upload,
+            client_wait: self.client_wait + o.client_wait,
+            queued: self.queued + o.queued,
+            worker_fetch: self.worker_fetch + o.worker_fetch,
+            worker_execute: self.worker_execute + o.worker_execute,
+            worker_upload: self.worker_upload + o.worker_upload,
+            client_download: self.client_download + o.client_download,
+        }
+    }
+
     fn from_metadata(mut self, meta: Option<&kraft_reapi::proto::reapi::ExecutedActionMetadata>) -> Phases {
         if let Some(m) = meta {
             self.queued = seconds_between(&m.queued_timestamp, &m.worker_start_timestamp);
@@ -551,16 +564,7 @@ impl Remote {
             bytes_uploaded: lines.iter().map(|l| l.bytes_uploaded).sum(),
             bytes_downloaded: self.downloaded.load(Ordering::Relaxed),
             gave_up: self.gave_up.lock().expect("gave_up").clone(),
-            phase_totals: lines.iter().filter_map(|l| l.phases.as_ref()).fold(Phases::default(), |t, p| Phases {
-                client_root: t.client_root + p.client_root,
-                client_upload: t.client_upload + p.client_upload,
-                client_wait: t.client_wait + p.client_wait,
-                queued: t.queued + p.queued,
-                worker_fetch: t.worker_fetch + p.worker_fetch,
-                worker_execute: t.worker_execute + p.worker_execute,
-                worker_upload: t.worker_upload + p.worker_upload,
-                client_download: t.client_download + p.client_download,
-            }),
+            phase_totals: lines.iter().filter_map(|l| l.phases.as_ref()).fold(Phases::default(), |t, p| t.plus(p)),
             actions: lines,
         }
     }
