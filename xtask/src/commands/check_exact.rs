@@ -83,9 +83,9 @@ struct Corpus<'a> {
     kraftfile_name: String,
     /// `<plat>-<arch>`: from `-t`, or the one target the first build made.
     target_subdir: std::cell::RefCell<Option<String>>,
-    /// Files outside the app copy that mutations edited, with the text to
-    /// put back when the corpus ends (even on an error).
-    restore_at_exit: std::cell::RefCell<Vec<(Utf8PathBuf, String)>>,
+    /// Files outside the app copy that mutations edited or created, with the
+    /// text to put back (`None`: remove) when the corpus ends, even on an error.
+    restore_at_exit: std::cell::RefCell<Vec<(Utf8PathBuf, Option<String>)>>,
 }
 
 fn hash_file(path: &Utf8Path) -> String {
@@ -137,9 +137,14 @@ impl Corpus<'_> {
         Ok(())
     }
 
-    /// Remember `path`'s current text, to be written back when the corpus ends.
+    /// Remember `path`'s current text (or that there is no such file), to be
+    /// put back when the corpus ends.
     fn restore_at_exit(&self, path: &Utf8Path) -> Result<()> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        };
         let mut saved = self.restore_at_exit.borrow_mut();
         if !saved.iter().any(|(p, _)| p == path) {
             saved.push((path.to_owned(), text));
@@ -241,10 +246,21 @@ impl Corpus<'_> {
     /// Put back what mutations edited outside the app copy.
     fn restore_files(&self) {
         for (path, text) in self.restore_at_exit.borrow_mut().drain(..) {
-            if let Err(err) = std::fs::write(&path, text) {
-                eprintln!("warning: could not restore {path}: {err}");
+            if let Err(err) = put_back(&path, text.as_deref()) {
+                eprintln!("warning: could not restore {path}: {err:#}");
             }
         }
+    }
+}
+
+/// Write `text` to `path`, or remove `path` when `None`.
+fn put_back(path: &Utf8Path, text: Option<&str>) -> Result<()> {
+    match text {
+        Some(text) => std::fs::write(path, text).with_context(|| format!("writing {path}")),
+        None => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {path}")),
+            _ => Ok(()),
+        },
     }
 }
 

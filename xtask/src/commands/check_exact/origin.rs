@@ -9,7 +9,8 @@
 //!    build; a clean build (fresh store) must fail, naming the URL, the
 //!    locked and the actual sha256 and the `update` command that pins again;
 //! 2. `origin: re-pinned`: the new sha256 goes into the recipe that names
-//!    the archive (if one does; a recipe is this tool's registry entry) and
+//!    the archive (if one does; a recipe is this tool's registry entry; a
+//!    built-in one is overridden by a workspace recipe of the same name) and
 //!    `cargo xtask update <app> <component>` pins the new bytes; the build
 //!    rebuilds what the archive reaches and equals a clean build;
 //! 3. `origin: reverted`: the old archive, recipe and lock; everything
@@ -77,20 +78,31 @@ fn reroll(original: &Utf8Path, dest: &Utf8Path, work: &Utf8Path, flag: &str) -> 
     kraft::util::fs::remove_tree(&tree)
 }
 
-/// The recipe files of the workspace that name `sha256` (a recipe's
-/// `[[archive]]` entry: checked on first use, or placed before make).
-fn recipes_naming(corpus: &Corpus<'_>, sha256: &str) -> Vec<Utf8PathBuf> {
-    corpus
-        .session
-        .workspace
-        .recipes_dirs()
-        .iter()
-        .filter_map(|d| d.read_dir_utf8().ok())
-        .flatten()
-        .flatten()
-        .map(|e| e.path().to_owned())
-        .filter(|p| p.extension() == Some("toml") && std::fs::read_to_string(p).is_ok_and(|t| t.contains(sha256)))
-        .collect()
+/// Where the new sha256 goes so that `update` may pin it: the recipe of
+/// `component` when it names the old one (checked on first use, or placed
+/// before make). A workspace recipe is edited; a built-in one is overridden
+/// by a workspace recipe of the same name (the first recipes directory),
+/// as a user would. Returns the file and its new text; `None` when no
+/// recipe names the archive.
+fn recipe_update(corpus: &Corpus<'_>, pinned: &Pinned, new_sha256: &str) -> Result<Option<(Utf8PathBuf, String)>> {
+    let recipe = corpus.session.recipes.get(&pinned.component, kraft::source::recipe::ComponentKind::Library);
+    if !recipe.archive_hint(&pinned.url, &pinned.name).is_some_and(|h| h.sha256.eq_ignore_ascii_case(&pinned.sha256)) {
+        return Ok(None);
+    }
+    let (path, text) = match kraft::source::recipe::Recipe::builtin_text(&recipe.origin) {
+        Some(text) => {
+            let Some(dir) = corpus.session.workspace.recipes_dirs().into_iter().next() else {
+                bail!("recipe `{}` is built in and pins {}; to override it the workspace needs a recipes directory ([workspace.metadata.kraft] recipes)", recipe.name(), pinned.name);
+            };
+            (dir.join(format!("{}.toml", recipe.name())), text.to_string())
+        }
+        None => {
+            let path = Utf8PathBuf::from(&recipe.origin);
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading recipe {path}"))?;
+            (path, text)
+        }
+    };
+    Ok(Some((path, text.replace(&pinned.sha256, new_sha256))))
 }
 
 /// The three origin mutations, when the lock the first build wrote pins a
@@ -121,7 +133,7 @@ pub(super) fn mutations<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Utf
     let rerolled = dir.join(&pinned.name);
     reroll(&original, &rerolled, scratch, flag)?;
     let new_sha256 = kraft::util::hash::sha256_file(&rerolled)?;
-    let recipes = recipes_naming(corpus, &pinned.sha256);
+    let recipe = recipe_update(corpus, &pinned, &new_sha256)?;
     let lock_text = std::fs::read_to_string(lock_path).with_context(|| format!("reading {lock_path}"))?;
 
     let mut out = Vec::new();
@@ -134,22 +146,21 @@ pub(super) fn mutations<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Utf
         }
     }));
     out.push(m("origin", &format!("origin: {} re-pinned (recipe, update)", pinned.name), Compare::Clean, {
-        let (recipes, component, old, new) = (recipes.clone(), pinned.component.clone(), pinned.sha256.clone(), new_sha256.clone());
+        let (recipe, component) = (recipe.clone(), pinned.component.clone());
         move |w: &mut World| {
-            for recipe in &recipes {
-                corpus.restore_at_exit(recipe)?;
-                let text = std::fs::read_to_string(recipe).with_context(|| format!("reading {recipe}"))?;
-                std::fs::write(recipe, text.replace(&old, &new)).with_context(|| format!("writing {recipe}"))?;
+            if let Some((path, text)) = &recipe {
+                corpus.restore_at_exit(path)?;
+                std::fs::write(path, text).with_context(|| format!("writing {path}"))?;
             }
             corpus.xtask(w, &["update", w.app.as_str(), &component])
         }
     }));
     out.push(m("origin", &format!("origin: {} reverted (archive, recipe, lock)", pinned.name), Compare::Baseline, {
-        let (recipes, lock_path) = (recipes.clone(), lock_path.to_owned());
+        let (recipe, lock_path) = (recipe.map(|(p, _)| p), lock_path.to_owned());
         move |w: &mut World| {
             super::mutations::set_env(w, "KRAFT_ARCHIVE_DIR", None);
-            for (path, text) in corpus.restore_at_exit.borrow().iter().filter(|(p, _)| recipes.contains(p)) {
-                std::fs::write(path, text).with_context(|| format!("writing {path}"))?;
+            for (path, text) in corpus.restore_at_exit.borrow().iter().filter(|(p, _)| Some(p) == recipe.as_ref()) {
+                super::put_back(path, text.as_deref())?;
             }
             std::fs::write(&lock_path, &lock_text).with_context(|| format!("writing {lock_path}"))
         }
