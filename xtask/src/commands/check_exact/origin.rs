@@ -63,7 +63,7 @@ fn reroll(original: &Utf8Path, dest: &Utf8Path, work: &Utf8Path, flag: &str) -> 
         .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "c"))
         .filter_map(|e| Utf8PathBuf::from_path_buf(e.into_path()).ok())
         .collect();
-    let Some(source) = sources.iter().find(|p| p.components().any(|c| c.as_str() == "src")).or(sources.first()) else {
+    let Some(source) = sources.iter().find(|p| p.strip_prefix(&tree).is_ok_and(|rel| rel.components().any(|c| c.as_str() == "src"))).or(sources.first()) else {
         bail!("{original} holds no C source to change");
     };
     kraft::util::fs::make_writable(&tree)?;
@@ -74,7 +74,7 @@ fn reroll(original: &Utf8Path, dest: &Utf8Path, work: &Utf8Path, flag: &str) -> 
     let mut tar = Command::new("tar");
     tar.args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner"]);
     tar.arg(format!("-c{}f", flag.trim_start_matches('-'))).arg(dest).arg("-C").arg(&tree).args(&top);
-    run(tar.env("GZIP", "-n"), &format!("tar -c {dest}"))?;
+    run(&mut tar, &format!("tar -c {dest}"))?;
     kraft::util::fs::remove_tree(&tree)
 }
 
