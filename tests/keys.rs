@@ -329,6 +329,103 @@ fn kconfig_component_recipe_and_installed_image() {
 }
 
 #[test]
+fn local_component_build_files_and_recipe_replan() {
+    // A component given by a local path has no locked tree hash: its build
+    // files (Makefile.uk, Config.uk) and its recipe are in the plan key by
+    // content. Each edit below changes no command, so a new plan runs nothing.
+    let app = App::new();
+    app.build();
+    let edits = [
+        ("lib-greet/Makefile.uk", "library Makefile.uk"),
+        ("lib-greet/Config.uk", "library Config.uk"),
+        ("core/lib/ukprint/Makefile.uk", "core Makefile.uk"),
+        ("../recipes/greet.toml", "library recipe"),
+    ];
+    for (rel, what) in edits {
+        let path = app.ws.join("apps").join(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n# kraft-keys: a comment\n")).unwrap();
+        let b = app.build();
+        assert!(b.planned(), "an edited {what} of a local component is a new plan:\n{}", b.stderr);
+        assert!(b.ran().is_empty(), "a comment changes no command: {:?}", b.ran());
+        assert!(app.build().noop(), "and then a no-op again");
+    }
+}
+
+/// A make project shaped like upstream musl for `cargo xtask sysroot`
+/// (a `configure` writing `config.mak` and a `Makefile` link into the build
+/// dir, `make` printing its commands), small enough to build in a second.
+fn write_mini_sysroot(recipes: &Utf8PathBuf, src: &Utf8PathBuf) {
+    std::fs::create_dir_all(recipes).unwrap();
+    std::fs::write(
+        recipes.join("musl-upstream.toml"),
+        "[recipe]\nname = \"musl-upstream\"\nkind = \"library\"\n\n[layout]\nmount = \"src/musl\"\n\n\
+         [make]\nconfigure = [\"{src}/configure\"]\ntargets = [\"lib/libc.a\"]\n\n\
+         [[units.split]]\nlibrary = \"musl-upstream\"\nby-source-dir = \"src\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(src.join("src/one")).unwrap();
+    std::fs::create_dir_all(src.join("include")).unwrap();
+    std::fs::write(src.join("include/one.h"), "int one(void);\n").unwrap();
+    std::fs::write(src.join("src/one/one.c"), "int one(void) { return 1; }\n").unwrap();
+    std::fs::write(
+        src.join("configure"),
+        "#!/bin/sh\nsrcdir=$(dirname \"$0\")\nprintf 'ARCH = x86_64\\nsrcdir = %s\\n' \"$srcdir\" > config.mak\n\
+         ln -sf \"$srcdir/Makefile\" Makefile\nmkdir -p obj/src/one lib\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod").args(["755", src.join("configure").as_str()]).status().unwrap();
+    std::fs::write(
+        src.join("Makefile"),
+        "include config.mak\n\nlib/libc.a: obj/src/one/one.o\n\tar rc $@ $^\n\n\
+         obj/src/one/one.o: $(srcdir)/src/one/one.c\n\tgcc -O2 -I$(srcdir)/include -MD -MF $@.d -c -o $@ $<\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn sysroot_mount_map_in_the_noop_key() {
+    use kraft::pipeline::sysroot::{build_musl, SysrootOptions};
+    use kraft::source::fetch::{Fetcher, NetworkMode};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = utf8(tmp.path());
+    let (recipes_dir, a) = (root.join("recipes"), root.join("a/musl"));
+    write_mini_sysroot(&recipes_dir, &a);
+    let store = kraft::store::Store::open(root.join("store")).unwrap();
+    let mirrors = kraft::source::mirror::Mirrors::default();
+    let fetcher = Fetcher::new(&store, &mirrors, NetworkMode { offline: true });
+    let recipes = kraft::source::recipe::RecipeBook::load(std::slice::from_ref(&recipes_dir)).unwrap();
+    let opts = |source: &Utf8PathBuf| SysrootOptions { source: Some(source.clone()), work: root.join("work"), out: root.join("sysroot"), jobs: 2 };
+    let noop = |b: &kraft::pipeline::sysroot::SysrootBuild| b.plan.graph.actions.is_empty() && b.plan.make_runs == 0;
+
+    let cold = build_musl(&fetcher, &recipes, &opts(&a)).unwrap();
+    assert!(cold.report.run > 0 && cold.report.run == cold.report.total, "{:?}", cold.report);
+    let libc_a = std::fs::read(cold.sysroot.join("lib/libc.a")).unwrap();
+    assert!(noop(&build_musl(&fetcher, &recipes, &opts(&a)).unwrap()), "the same source again is a no-op");
+
+    // B: a copy of A in another directory, same work dir. Only the host
+    // directory behind the source mount differs: the plan key and every
+    // action key are the same, the no-op snapshot's key is not.
+    let b = root.join("b/musl");
+    kraft::util::fs::copy_tree(&a, &b).unwrap();
+    let from_b = build_musl(&fetcher, &recipes, &opts(&b)).unwrap();
+    assert!(!noop(&from_b), "A's snapshot must not vouch for B's files");
+    assert!(from_b.plan.cached, "the plan key holds the source's content, not its place");
+    assert_eq!(from_b.report.run, 0, "the action keys hold inside paths: {:?}", from_b.report);
+    assert!(noop(&build_musl(&fetcher, &recipes, &opts(&b)).unwrap()), "then B's own snapshot holds");
+
+    // An edit in B alone: B's build sees it (a no-op keyed without the
+    // mounts would have trusted A's stamps), and A's build gets A back.
+    std::fs::write(b.join("src/one/one.c"), "int one(void) { return 2; }\n").unwrap();
+    let edited = build_musl(&fetcher, &recipes, &opts(&b)).unwrap();
+    assert_eq!(edited.report.run, 2, "one compile and the archive: {:?}", edited.report);
+    let back = build_musl(&fetcher, &recipes, &opts(&a)).unwrap();
+    assert!(!noop(&back));
+    assert_eq!((back.report.run, back.report.restored), (0, 2), "A's outputs come from the store: {:?}", back.report);
+    assert_eq!(std::fs::read(back.sysroot.join("lib/libc.a")).unwrap(), libc_a, "A's archive again");
+}
+
+#[test]
 fn what_is_in_no_key_runs_nothing() {
     let mut app = App::new();
     app.build();

@@ -129,8 +129,8 @@ pub struct CheckExactArgs {
     #[arg(short, long)]
     pub target: Option<String>,
     /// Only these mutation groups (comma-separated): source, header, kconfig,
-    /// makefile, recipe, toolchain, env, component, checkout, store, target;
-    /// or mutations by the start of their name (`source: new global`).
+    /// makefile, recipe, toolchain, env, component, origin, checkout, store, target;
+    /// or mutations by the start of their name (`source: new global`); run in this order.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Keep the scratch directory (target/kraft/check-exact/<app>) afterwards.

@@ -96,6 +96,7 @@ pub fn prepare(session: &Session, locked: &LockedApp, trees: &[(String, Utf8Path
             let id = if kind == ComponentKind::Core { "unikraft".to_string() } else { format!("lib:{}", component.name) };
             component_hashes.push((id, format!("{blake3}+recipe:{}", component.recipe_blake3)));
         }
+        component_hashes.push((format!("recipe:{}", if kind == ComponentKind::Core { "unikraft".to_string() } else { format!("lib:{}", component.name) }), component.recipe_blake3.clone()));
         if kind == ComponentKind::Library {
             libs.push((component.name.clone(), tree(&component.name).context("component tree missing")?));
         }

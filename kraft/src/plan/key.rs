@@ -9,7 +9,7 @@
 //! | target (plat, arch)           | selects platform/arch libraries and flags                 |
 //! | defconfig (kconfig + target + `CONFIG_UK_NAME`) | the configuration                      |
 //! | mount layout (lib names, app name, order) | paths in every command, `L=` order            |
-//! | component identity            | caller's hash (`component_hashes`) if given, else the content of every `Makefile*`, `*.uk`, `*.mk`, `Config.uk*` below the component (not `.git`) |
+//! | component identity            | caller's hash (`component_hashes`: locked tree and recipe blake3) if given, else the content of every `Makefile*`, `*.uk`, `*.mk`, `Config.uk*` below the component (not `.git`) and, for a local path component, its recipe's blake3 (`recipe:<name>` in `component_hashes`) |
 //! | origin archives               | destination path and blake3 of the content                |
 //! | unit rules                    | stored in the graph                                       |
 //! | sandbox backend, environment  | every command sees it (`PATH`, `SOURCE_DATE_EPOCH`, ...); `none` plans embed realpaths, so with `none` the mounts' host paths too |
@@ -100,7 +100,14 @@ pub fn plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
     for (name, dir) in &components {
         let id = match hashes.get(name.as_str()) {
             Some(hash) => format!("hash:{hash}"),
-            None => format!("files:{}", fingerprint_build_files(dir).with_context(|| format!("reading the build files of {dir}"))?),
+            None => {
+                let files = fingerprint_build_files(dir).with_context(|| format!("reading the build files of {dir}"))?;
+                // A local path component: its recipe is not in a locked hash.
+                match hashes.get(format!("recipe:{name}").as_str()) {
+                    Some(recipe) => format!("files:{files}+recipe:{recipe}"),
+                    None => format!("files:{files}"),
+                }
+            }
         };
         field(&format!("component:{name}"), id.as_bytes());
     }

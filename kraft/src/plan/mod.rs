@@ -103,7 +103,8 @@ pub struct PlanInput {
     /// Identity of components whose content is known to the caller (store
     /// hash / tree hash), by component name (`unikraft`, `lib:<name>`,
     /// `app`). Components without one are fingerprinted by their build
-    /// description files (see [`plan_key`]).
+    /// description files and `recipe:<name>`, their recipe's blake3 (see
+    /// [`plan_key`]).
     pub component_hashes: Vec<(String, String)>,
     /// Variables on make's command line, overriding the makefiles' own:
     /// what would otherwise come from the clock or from `git` in the tree

@@ -39,15 +39,24 @@ pub fn fetch_locked(session: &Session, app: &str, lock: &Lock) -> anyhow::Result
             let mut urls = vec![locked.url.clone()];
             urls.extend(recipe.archive_hint(&locked.url, &locked.name).iter().flat_map(|h| h.mirrors.iter().cloned()));
             let request = ArchiveRequest { name: &locked.name, urls: &urls };
+            // A recipe that names the old sha256 is pinned too: say to change it first.
+            let recipe_pin = recipe.archive_hint(&locked.url, &locked.name).filter(|h| h.sha256.eq_ignore_ascii_case(&locked.sha256));
             let mismatch = |origin: &str, actual: &str| -> anyhow::Error {
+                let update = format!("`cargo xtask update {app} {}`", component.name);
+                let fix = match recipe_pin {
+                    Some(_) => format!(
+                        "recipe `{}` ({}) pins sha256 {} too; if the new content is expected, set its sha256 to {actual}, then run {update} to pin it again",
+                        recipe.name(),
+                        recipe.origin,
+                        locked.sha256
+                    ),
+                    None => format!("if the new content is expected (a branch archive moves when its upstream does), run {update} to pin it again"),
+                };
                 Diagnostic::new(format!(
                     "origin archive {} of `{}` changed: kraft.lock pins sha256 {}, but {} now has sha256 {actual} (got from {origin})",
                     locked.name, component.name, locked.sha256, locked.url
                 ))
-                .help(format!(
-                    "a branch archive moves when its upstream does; if the new content is expected, run `cargo xtask update {app} {}` to pin it again",
-                    component.name
-                ))
+                .help(format!("{fix}; otherwise check where the file came from (KRAFT_ARCHIVE_DIR, a mirror)"))
                 .into()
             };
             let file = fetcher.archive_pinned(&request, &locked.sha256, &mismatch)?;

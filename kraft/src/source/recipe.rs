@@ -185,6 +185,12 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The text of a built-in recipe, by its `origin` (`builtin:recipes/musl.toml`):
+    /// what a workspace recipe of the same name starts from to override it.
+    pub fn builtin_text(origin: &str) -> Option<&'static str> {
+        BUILTIN.iter().find(|(file, _)| origin.strip_prefix("builtin:recipes/") == Some(*file)).map(|(_, text)| *text)
+    }
+
     /// What this recipe knows about an archive make downloads from `url`
     /// (by URL, else by file name).
     pub fn archive_hint(&self, url: &str, file_name: &str) -> Option<&OriginArchive> {

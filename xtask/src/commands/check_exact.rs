@@ -8,13 +8,19 @@
 //!   before the mutation (none of its inputs changed; an input a dependency
 //!   rewrote byte for byte the same does not count).
 //!
-//! Mutations come in groups (`--only source,header`), most with a revert;
+//! Mutations come in groups (`--only source,header`, run in the order
+//! named), most with a revert;
 //! a mutation whose inputs equal the starting point's (a revert, a `touch`,
 //! an unrelated variable) is compared with the first build, which was itself
-//! clean. Every build is a child `xtask` process, as a user would run it,
-//! with `CI` removed (some mutations change the lock). Prints one line per
-//! mutation and `exact: N/N, needless: K`; fails unless all are exact and
-//! none needless.
+//! clean. A mutation may also expect a clean build to *fail* (an origin
+//! archive whose bytes no longer match the lock): then the incremental build
+//! must still equal the first one, and the clean build must fail with an
+//! error naming what the mutation says (see `origin.rs`). Every build is a
+//! child `xtask` process, as a user would run it, with `CI` removed (some
+//! mutations change the lock). Files outside the app copy that a mutation
+//! edits (a workspace recipe) are put back at the end, whatever happened.
+//! Prints one line per mutation and `exact: N/N, needless: K`; fails unless
+//! all are exact and none needless.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -27,6 +33,7 @@ use kraft::session::Session;
 use crate::flags::CheckExactArgs;
 
 mod mutations;
+mod origin;
 
 use mutations::{cleanup_wrappers, corpus_for, Mutation};
 
@@ -37,6 +44,9 @@ enum Compare {
     Clean,
     /// The inputs are the starting point's: compare with the first build.
     Baseline,
+    /// As `Baseline`, and a clean build (fresh store) must fail with an
+    /// error holding every string of `World::expected_error`.
+    BaselineCleanFails,
 }
 
 /// The world a build sees: the app copy, the store, the environment.
@@ -45,6 +55,8 @@ struct World {
     app: Utf8PathBuf,
     store: Utf8PathBuf,
     env: Vec<(String, String)>,
+    /// What a failing clean build's error must say (`BaselineCleanFails`).
+    expected_error: Vec<String>,
 }
 
 /// What one build left: output path (relative to the build dir, or
@@ -71,6 +83,9 @@ struct Corpus<'a> {
     kraftfile_name: String,
     /// `<plat>-<arch>`: from `-t`, or the one target the first build made.
     target_subdir: std::cell::RefCell<Option<String>>,
+    /// Files outside the app copy that mutations edited or created, with the
+    /// text to put back (`None`: remove) when the corpus ends, even on an error.
+    restore_at_exit: std::cell::RefCell<Vec<(Utf8PathBuf, Option<String>)>>,
 }
 
 fn hash_file(path: &Utf8Path) -> String {
@@ -102,20 +117,55 @@ impl Corpus<'_> {
         }
     }
 
-    /// Run `xtask build` in `world` with `target_dir`; collect what it did.
-    fn build(&self, world: &World, target_dir: &Utf8Path) -> Result<Built> {
-        let before = self.out_dir(target_dir).ok().map(|d| BuildState::load(&d.join("state.json")));
+    /// An `xtask` child process seeing `world`, its builds going to `target_dir`.
+    fn command(&self, world: &World, target_dir: &Utf8Path) -> Command {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(["--message-format", "json", "-j", &self.session.jobs.to_string(), "build", world.app.as_str()]);
-        if let Some(t) = &self.target {
-            cmd.args(["-t", t]);
-        }
         cmd.current_dir(&self.session.workspace.root);
         cmd.env_remove("CI").env("KRAFT_STORE", &world.store).env("CARGO_TARGET_DIR", target_dir);
         for (k, v) in &world.env {
             cmd.env(k, v);
         }
-        let out = cmd.output().with_context(|| format!("running {}", self.exe))?;
+        cmd
+    }
+
+    /// Run `xtask <args>` in `world` (not a build: `update`, `lock`).
+    fn xtask(&self, world: &World, args: &[&str]) -> Result<()> {
+        let out = self.command(world, &self.target_dir).args(args).output().with_context(|| format!("running {}", self.exe))?;
+        if !out.status.success() {
+            bail!("`xtask {}` failed:\n{}", args.join(" "), kraft::util::text::tail(&String::from_utf8_lossy(&out.stderr), 30));
+        }
+        Ok(())
+    }
+
+    /// Remember `path`'s current text (or that there is no such file), to be
+    /// put back when the corpus ends.
+    fn restore_at_exit(&self, path: &Utf8Path) -> Result<()> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
+        };
+        let mut saved = self.restore_at_exit.borrow_mut();
+        if !saved.iter().any(|(p, _)| p == path) {
+            saved.push((path.to_owned(), text));
+        }
+        Ok(())
+    }
+
+    /// `xtask build`; `json` for the events, else the human output (errors on stderr).
+    fn build_command(&self, world: &World, target_dir: &Utf8Path, json: bool) -> Command {
+        let mut cmd = self.command(world, target_dir);
+        cmd.args(["--message-format", if json { "json" } else { "human" }, "-j", &self.session.jobs.to_string(), "build", world.app.as_str()]);
+        if let Some(t) = &self.target {
+            cmd.args(["-t", t]);
+        }
+        cmd
+    }
+
+    /// Run `xtask build` in `world` with `target_dir`; collect what it did.
+    fn build(&self, world: &World, target_dir: &Utf8Path) -> Result<Built> {
+        let before = self.out_dir(target_dir).ok().map(|d| BuildState::load(&d.join("state.json")));
+        let out = self.build_command(world, target_dir, true).output().with_context(|| format!("running {}", self.exe))?;
         if !out.status.success() {
             bail!("the build failed:\n{}", kraft::util::text::tail(&String::from_utf8_lossy(&out.stderr), 30));
         }
@@ -172,6 +222,46 @@ impl Corpus<'_> {
         let _ = kraft::util::fs::remove_tree(&dir);
         Ok(built.outputs)
     }
+
+    /// A clean build of `world` that must fail: its error, or why it is
+    /// not the expected one.
+    fn clean_fails(&self, world: &World) -> Result<String, String> {
+        let dir = self.scratch.join("clean");
+        let _ = kraft::util::fs::remove_tree(&dir);
+        let clean = World { store: dir.join("store"), ..world.clone() };
+        let out = self.build_command(&clean, &dir.join("target"), false).output().map_err(|e| format!("running {}: {e}", self.exe));
+        let _ = kraft::util::fs::remove_tree(&dir);
+        let out = out?;
+        if out.status.success() {
+            return Err("a clean build succeeded, but it should have failed".into());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let error = stderr.lines().skip_while(|l| !l.starts_with("error")).collect::<Vec<_>>().join("\n");
+        match world.expected_error.iter().find(|s| !stderr.contains(s.as_str())) {
+            Some(missing) => Err(format!("the clean build failed without naming {missing}: {}", kraft::util::text::tail(&stderr, 8))),
+            None => Ok(if error.is_empty() { stderr } else { error }),
+        }
+    }
+
+    /// Put back what mutations edited outside the app copy.
+    fn restore_files(&self) {
+        for (path, text) in self.restore_at_exit.borrow_mut().drain(..) {
+            if let Err(err) = put_back(&path, text.as_deref()) {
+                eprintln!("warning: could not restore {path}: {err:#}");
+            }
+        }
+    }
+}
+
+/// Write `text` to `path`, or remove `path` when `None`.
+fn put_back(path: &Utf8Path, text: Option<&str>) -> Result<()> {
+    match text {
+        Some(text) => std::fs::write(path, text).with_context(|| format!("writing {path}")),
+        None => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {path}")),
+            _ => Ok(()),
+        },
+    }
 }
 
 pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
@@ -208,28 +298,44 @@ pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
         app_name: app.dir.file_name().unwrap_or("app").to_string(),
         kraftfile_name,
         target_subdir: Default::default(),
+        restore_at_exit: Default::default(),
     };
-    let start = World { app: app_copy.clone(), store: scratch.join("store"), env: Vec::new() };
-    let mutations = corpus_for(&corpus, &start, &scratch);
+    let start = World { app: app_copy.clone(), store: scratch.join("store"), env: Vec::new(), expected_error: Vec::new() };
+    let result = run_corpus(&corpus, args, &start, &scratch);
+    corpus.restore_files();
+    cleanup_wrappers();
+    if !args.keep {
+        let _ = kraft::util::fs::remove_tree(&scratch);
+    }
+    result
+}
+
+fn run_corpus(corpus: &Corpus<'_>, args: &CheckExactArgs, start: &World, scratch: &Utf8Path) -> Result<()> {
+    let app_copy = &start.app;
     // A group name, or the start of a mutation's name (`source: new`).
     let wanted = |m: &Mutation<'_>| args.only.is_empty() || args.only.iter().any(|o| o == m.group || m.name.starts_with(o.as_str()));
 
     eprintln!("{:>12} {} (first build, clean)", "Building", app_copy);
-    let first = corpus.build(&start, &corpus.target_dir)?;
+    let first = corpus.build(start, &corpus.target_dir)?;
     let baseline = first.outputs.clone();
+    // After the first build: the lock it wrote says which origin archives exist.
+    let mutations = corpus_for(corpus, start, scratch)?;
+    // With `--only`, in the order it names them (a group keeps its own order).
+    let rank = |m: &Mutation<'_>| args.only.iter().position(|o| o == m.group || m.name.starts_with(o.as_str())).unwrap_or(0);
+    let mut selected: Vec<&Mutation<'_>> = mutations.iter().filter(|m| wanted(m)).collect();
+    selected.sort_by_key(|m| rank(m));
     let mut world = start.clone();
     let (mut checked, mut exact, mut needless) = (0usize, 0usize, 0usize);
-    for mutation in &mutations {
-        if !wanted(mutation) {
-            continue;
-        }
+    for mutation in selected {
         (mutation.apply)(&mut world).with_context(|| format!("applying mutation {}", mutation.name))?;
         let began = std::time::Instant::now();
         let built = corpus.build(&world, &corpus.target_dir).with_context(|| format!("building after mutation {}", mutation.name))?;
-        let reference = match mutation.compare {
-            Compare::Baseline => baseline.clone(),
-            Compare::Clean => corpus.clean(&world).with_context(|| format!("clean build for mutation {}", mutation.name))?,
+        let (reference, clean_failure) = match mutation.compare {
+            Compare::Baseline => (baseline.clone(), None),
+            Compare::BaselineCleanFails => (baseline.clone(), Some(corpus.clean_fails(&world))),
+            Compare::Clean => (corpus.clean(&world).with_context(|| format!("clean build for mutation {}", mutation.name))?, None),
         };
+        world.expected_error.clear();
         // Every file the reference build's actions wrote, read from the
         // incremental build's directories (not from its records).
         let file_of = |key: &str| match key.strip_prefix("installed:") {
@@ -239,11 +345,13 @@ pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
         let stale: Vec<&String> = reference.iter().filter(|(k, v)| hash_file(&file_of(k)) != **v).map(|(k, _)| k).collect();
         checked += 1;
         needless += built.needless.len();
-        let verdict = if stale.is_empty() {
+        let verdict = if !stale.is_empty() {
+            "STALE"
+        } else if matches!(clean_failure, Some(Err(_))) {
+            "WRONG"
+        } else {
             exact += 1;
             "exact"
-        } else {
-            "STALE"
         };
         let mut line = format!(
             "{verdict:<6} {:<44} ran {:>4}, restored {:>4}, {} outputs compared ({:.1}s)",
@@ -256,16 +364,17 @@ pub fn run(session: &Session, args: &CheckExactArgs) -> Result<()> {
         if !stale.is_empty() {
             line.push_str(&format!("; differ: {}", stale.iter().take(5).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
         }
+        match &clean_failure {
+            Some(Ok(error)) => line.push_str(&format!("; a clean build fails as it should: {}", error.lines().next().unwrap_or(""))),
+            Some(Err(why)) => line.push_str(&format!("; {why}")),
+            None => {}
+        }
         if !built.needless.is_empty() {
             line.push_str(&format!("; needless: {}", built.needless.iter().take(5).cloned().collect::<Vec<_>>().join(", ")));
         }
         println!("{line}");
     }
     println!("exact: {exact}/{checked}, needless: {needless}");
-    cleanup_wrappers();
-    if !args.keep {
-        let _ = kraft::util::fs::remove_tree(&scratch);
-    }
     if exact != checked || needless > 0 {
         bail!("the incremental builds differ from clean builds or did needless work (see above)");
     }

@@ -34,8 +34,10 @@
 //! | sandbox backend (`bwrap` / `none`)                            | ✓       | ✓          | ✓        | ✓ ¹            |
 //! | mount layout inside (`/kraft/libs/<name>`, app name, `L=` order) | ✓ ²  | ✓          | ✓        | ✓ ¹            |
 //! | mount map: host directory behind each mount (app, core, libs, build) | ⁷ | ⁷         | ⁷        | ✓ ⁸            |
+//! | sysroot's mount map: host directory of `--source` and the work dir | ⁷   | ⁷          | ⁷        | ✓ ¹⁰           |
 //! | target (plat/arch), kconfig, `CONFIG_UK_NAME`                  | ⁹       | ⁹          | ✓        | ✓ ¹            |
 //! | component identity (tree + recipe blake3, or build files)     | ⁹       | ⁹          | ✓        | ✓ ¹            |
+//! | a local path component's build files (`Makefile*`, `*.uk`) and recipe blake3 | ⁹ | ⁹   | ✓        | ✓ ¹            |
 //! | origin archives (destination, content)                        | ⁹       | ⁹          | ✓        | ✓ ¹            |
 //! | make command line and vars (`HOSTUTC`, `UK_FULLVERSION`), unit rules | ⁹ | ⁹         | ✓        | ✓ ¹            |
 //! | every output of the last build, the installed image and `.dbg` | —      | —          | —        | stamp          |
@@ -76,6 +78,11 @@
 //!    generated `config.h` and `.config` (declared inputs or depfile
 //!    headers), components through their files, archives through the
 //!    sources unpacked from them, make's variables through the scripts.
+//! 10. `cargo xtask sysroot` goes through the same [`crate::pipeline::OutputDir`]
+//!    as `build`, keyed by its plan key and its mount map's host digest: a
+//!    `--source` tree copied elsewhere is not a no-op for the work dir (the
+//!    snapshot stamped the other tree's files), yet it shares the plan and
+//!    every action.
 //!
 //! Tests (`tests/keys.rs`), row by row: `key_format_version_is_in_every_key`,
 //! `command_line`, `declared_input_and_header_under_kraft` (rows 3-4),
@@ -84,7 +91,9 @@
 //! `sandbox_environment_and_backend` (rows 10-11),
 //! `kconfig_component_recipe_and_installed_image` (inside layout, kconfig,
 //! components, recipes, the installed image),
-//! `mount_map_two_checkouts_share_objects_but_not_snapshots`, and
+//! `local_component_build_files_and_recipe_replan`,
+//! `mount_map_two_checkouts_share_objects_but_not_snapshots`,
+//! `sysroot_mount_map_in_the_noop_key`, and
 //! `what_is_in_no_key_runs_nothing`. `tests/exact.rs` runs the whole
 //! mutation corpus (`cargo xtask check-exact`) against clean builds.
 //!
@@ -93,7 +102,11 @@
 //! path (a new store re-plans into that store; no action runs), the target
 //! dir's and the workspace's host paths beyond the mount map, and the
 //! caller's environment variables other than `KRAFT_SANDBOX_PATH` and
-//! `KRAFT_SANDBOX` (the sandbox clears them). Still not covered: tools other
+//! `KRAFT_SANDBOX` (the sandbox clears them), and where an origin archive's
+//! bytes come from (`KRAFT_ARCHIVE_DIR`, a mirror, the URL): the lock's
+//! sha256 says which bytes; once the store holds them nothing else is read,
+//! and other bytes under the same URL fail the fetch naming both hashes
+//! (the `origin:` mutations of `check-exact`). Still not covered: tools other
 //! than the toolchain that a `Script` action runs (python, sed) are known to
 //! the plan key only by their stamps, and a header newly created earlier in
 //! the include path than the one last found is not noticed (as with ccache).

@@ -74,11 +74,11 @@ pub(super) struct Mutation<'w> {
     pub apply: Apply<'w>,
 }
 
-fn m<'w>(group: &'static str, name: &str, compare: Compare, apply: impl Fn(&mut World) -> Result<()> + 'w) -> Mutation<'w> {
+pub(super) fn m<'w>(group: &'static str, name: &str, compare: Compare, apply: impl Fn(&mut World) -> Result<()> + 'w) -> Mutation<'w> {
     Mutation { group, name: name.to_string(), compare, apply: Box::new(apply) }
 }
 
-fn set_env(world: &mut World, key: &str, value: Option<&str>) {
+pub(super) fn set_env(world: &mut World, key: &str, value: Option<&str>) {
     world.env.retain(|(k, _)| k != key);
     if let Some(v) = value {
         world.env.push((key.into(), v.into()));
@@ -114,7 +114,8 @@ fn write_wrappers(bin: &Utf8Path, flags: &str) -> Result<()> {
 }
 
 /// The mutations, in order. Each group leaves the world as it found it.
-pub(super) fn corpus_for<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Utf8Path) -> Vec<Mutation<'w>> {
+/// Called after the first build, whose lock names the origin archives.
+pub(super) fn corpus_for<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Utf8Path) -> Result<Vec<Mutation<'w>>> {
     use Compare::{Baseline, Clean};
     let app = start.app.clone();
     let kraftfile = app.join(&corpus.kraftfile_name);
@@ -323,6 +324,9 @@ pub(super) fn corpus_for<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Ut
         out.push(m("component", "component: library reverted", Baseline, restore(lib_source.clone(), original)));
     }
 
+    // Origin archives: new bytes under the same URL (see `origin.rs`).
+    out.extend(super::origin::mutations(corpus, start, scratch, &app.join("kraft.lock")).context("preparing the origin-archive mutations")?);
+
     // The checkout: moved, copied and edited, renamed.
     let src_root = app.parent().map(|p| if original_kraftfile.contains("../") { p.to_owned() } else { app.clone() }).unwrap_or_else(|| app.clone());
     let rel_app = app.strip_prefix(src_root.parent().unwrap_or(&src_root)).map(|p| p.to_owned()).unwrap_or_else(|_| app.clone());
@@ -433,5 +437,5 @@ pub(super) fn corpus_for<'w>(corpus: &'w Corpus<'_>, start: &World, scratch: &Ut
         }
     }));
     out.push(m("target", "no change at all", Baseline, |_: &mut World| Ok(())));
-    out
+    Ok(out)
 }
