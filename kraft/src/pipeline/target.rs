@@ -245,13 +245,11 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let reapi = session.reapi.as_ref().and_then(|r| exec::remote::for_build(r, output, &plan.graph, &sandbox));
     ctx.reapi = reapi.as_ref();
     let result = exec::execute(&plan.graph, &ctx);
-    exec::remote::finish(output, reapi.as_ref(), &prepared.out_dir);
+    let remote_report = exec::remote::finish(output, reapi.as_ref(), &prepared.out_dir);
     bar.finish();
     let mut report = result?;
-    if let Some(remote) = &reapi {
-        // Outputs that came from the REAPI action cache are remote hits too.
-        report.remote_hits += remote.report().cache_hits;
-    }
+    // Outputs that came from the REAPI action cache are remote hits too.
+    report.remote_hits += remote_report.map_or(0, |r| r.cache_hits);
 
     let build_dir = prepared.input.build.clone();
     let image = install(&build_dir, &prepared.out_dir, &prepared.image_name)?;

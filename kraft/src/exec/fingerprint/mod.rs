@@ -12,6 +12,20 @@
 //! dir. The **no-op snapshot** ([`crate::exec::noop`]) lets a build that
 //! changed nothing stop after a few thousand `stat`s.
 //!
+//! A fourth name, the **REAPI action digest** ([`crate::exec::remote`]),
+//! names an action on a remote engine. It is not a column of the table: it is
+//! made of the same inputs as the action key, spelled the REAPI way, so the
+//! two agree. The script, cwd and declared outputs are the `Command`'s
+//! argv and output paths; the sandbox environment is its environment; the
+//! content of every input (declared inputs, dependencies' outputs, and
+//! every header, since the whole core, library and app trees and the
+//! prepared build dir are in the input root) is the input root's Merkle
+//! digest; the toolchain id is the `kraft-toolchain` platform property;
+//! the backend is always `bwrap` (a `none` build never goes remote). The
+//! mount map's host directories are not in it, as in the action key. It is
+//! looked up only after the local cache misses, and a remote result is
+//! stored locally under the action key.
+//!
 //! # Every input, and which key holds it
 //!
 //! (cargo's fingerprint table is the model.) `✓` = the input is hashed into

@@ -217,9 +217,10 @@ pub fn for_build(settings: &Settings, output: &crate::output::Output, graph: &Gr
 }
 
 /// After a target's build: the summary line, a warning about untrusted
-/// entries, and the per-action report in `<out_dir>/remote.json`.
-pub fn finish(output: &crate::output::Output, remote: Option<&Remote>, out_dir: &camino::Utf8Path) {
-    let Some(remote) = remote else { return };
+/// entries, and the per-action report in `<out_dir>/remote.json`, which it
+/// returns.
+pub fn finish(output: &crate::output::Output, remote: Option<&Remote>, out_dir: &camino::Utf8Path) -> Option<RemoteReport> {
+    let remote = remote?;
     let report = remote.report();
     output.status(
         "Remote",
@@ -242,6 +243,7 @@ pub fn finish(output: &crate::output::Output, remote: Option<&Remote>, out_dir: 
     if let Ok(json) = serde_json::to_vec_pretty(&report) {
         let _ = crate::util::fs::write_atomic(&out_dir.join("remote.json"), &json);
     }
+    Some(report)
 }
 
 /// `grpc://host:port/instance` → (`grpc://host:port`, `instance`).
