@@ -269,3 +269,55 @@ fn a_remote_cache_killed_mid_build_still_gives_a_successful_build() {
     let again = app.run(&env, &["build", "app-hello"]);
     assert!(again.status.success(), "{}", stderr(&again));
 }
+
+// ------------------------------------------- plans through the team cache
+
+/// The payload of the one `ac/` entry on the server that names a plan bundle.
+fn plan_bundle_sha256(nginx_root: &Utf8Path) -> Option<String> {
+    for entry in std::fs::read_dir(nginx_root.join("ac")).ok()?.filter_map(Result::ok) {
+        let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+        let payload: serde_json::Value = serde_json::from_str(doc["payload"].as_str()?).ok()?;
+        if payload["kind"] == "plan" {
+            return payload["sha256"].as_str().map(str::to_owned);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_fresh_machine_takes_the_plan_from_the_team_cache_and_runs_no_make() {
+    let app = App::new();
+    let Some((mut nginx, port)) = start_nginx(&app.root.join("nginx")) else { return };
+    let url = format!("http://127.0.0.1:{port}");
+    let (private, public) = kraft::cache::signing::generate(Some("ci")).unwrap();
+    let ci = [("KRAFT_REMOTE_CACHE", url.as_str()), ("KRAFT_CACHE_SIGNING_KEY", private.as_str())];
+    let out = app.run(&ci, &["build", "app-hello"]);
+    let err = stderr(&out);
+    assert!(out.status.success() && err.contains("Planned"), "the writer plans with make:\n{err}");
+    let image = std::fs::read(app.image()).unwrap();
+    let sha = plan_bundle_sha256(&app.root.join("nginx/root")).expect("the writer published its plan");
+
+    // A reader with an empty store and target dir: the plan comes from the
+    // team cache, make never runs, and the image is the same bytes.
+    app.clean();
+    let reader = [("KRAFT_REMOTE_CACHE", url.as_str()), ("KRAFT_CACHE_TRUSTED_KEYS", public.as_str()), ("KRAFT_REMOTE_CACHE_READONLY", "1")];
+    let out = app.run(&reader, &["build", "app-hello"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("the plan from the team cache") && !err.contains("Planned"), "make ran on the reader:\n{err}");
+    assert_eq!(std::fs::read(app.image()).unwrap(), image, "the same image from a shared plan");
+    app.assert_verified("after a shared plan");
+
+    // A bundle changed on the server is refused by its hash: one warning,
+    // the reader plans with make, and the image is still the same.
+    std::fs::write(app.root.join("nginx/root/cas").join(&sha), b"not the plan").unwrap();
+    app.clean();
+    let out = app.run(&reader, &["build", "app-hello"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("discarded corrupt blob cas/{sha}")) && err.contains("Planned"), "{err}");
+    assert_eq!(std::fs::read(app.image()).unwrap(), image);
+    app.assert_verified("after a corrupt shared plan");
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+}

@@ -164,7 +164,7 @@ pub struct BenchArgs {
     /// Runs per scenario (ours and baseline alternately).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Only scenarios whose name contains this, or one of these comma-separated strings (`musl/`, `uk/no-op,uk/edit`).
+    /// Only scenarios whose name contains this, or one of these comma-separated strings (`musl/`, `uk/no-op,uk/edit`); a trailing `$` matches the whole name (`uk/remote-warm$`).
     #[arg(long)]
     pub filter: Option<String>,
 }

@@ -30,6 +30,10 @@
 //! GET/HEAD/PUT <url>/ac/<key-hex>       an action entry or a header manifest (see cache.rs), signed
 //! ```
 //!
+//! A *bundle* (a cached plan: `plan::bundle`) is one CAS blob behind a
+//! signed `ac/` entry whose key is blake3 of a domain, its kind and its name
+//! (the plan key), and whose payload is `{kind, name, sha256, size}`.
+//!
 //! Local blobs are named by blake3; the CAS is addressed by SHA-256, so the
 //! uploader computes the SHA-256 of each output (in the background) and
 //! records it in the entry it uploads. A download is checked against both:
@@ -363,6 +367,26 @@ struct SignedDoc {
     sig: String,
 }
 
+/// The payload of a bundle's `ac/` entry: what it is and which CAS blob.
+#[derive(Serialize, Deserialize)]
+struct BundleDoc {
+    kind: String,
+    name: String,
+    sha256: String,
+    size: u64,
+}
+
+/// The `ac/` key of a bundle: a domain-separated hash of its kind and name,
+/// so it can never equal an action key.
+fn bundle_key(kind: &str, name: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kraft-xtask bundle v1\0");
+    h.update(kind.as_bytes());
+    h.update(&[0]);
+    h.update(name.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
 /// What an `ac/` document's signature covers.
 fn signed_message(key_id: &str, action_key: &str, payload: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(SIG_DOMAIN.len() + key_id.len() + action_key.len() + payload.len() + 2);
@@ -511,6 +535,37 @@ impl RemoteTier {
             return None;
         }
         Some(bytes)
+    }
+
+    /// The bytes of the bundle published as `kind`/`name` ([`RemoteTier::put_bundle`]),
+    /// verified: a trusted signature over the entry, the blob against its SHA-256.
+    pub fn get_bundle(&self, kind: &str, name: &str) -> Option<Vec<u8>> {
+        let key = bundle_key(kind, name);
+        let payload = self.get_ac(&key)?;
+        let doc = serde_json::from_slice::<BundleDoc>(&payload).ok().filter(|d| d.kind == kind && d.name == name)?;
+        let bytes = self.get_blob(&doc.sha256, Some(doc.size))?;
+        Some(bytes)
+    }
+
+    /// Publish the file `path` as the bundle `kind`/`name` (a cached plan,
+    /// by its plan key): the file goes to the CAS, and a signed `ac/` entry
+    /// under a key derived from both names points at it. Queued like any
+    /// upload; the file must stay until the build ends.
+    pub fn put_bundle(&self, kind: &str, name: &str, path: Utf8PathBuf) {
+        let size = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(_) => return,
+        };
+        let (kind, name) = (kind.to_owned(), name.to_owned());
+        self.upload(Upload {
+            key: bundle_key(&kind, &name),
+            blobs: vec![BlobUpload { path, sha256: None }],
+            payload: Box::new(move |hashes: &[String]| {
+                let sha256 = hashes.first()?.clone();
+                serde_json::to_vec(&BundleDoc { kind, name, sha256, size }).ok()
+            }),
+            only_if_missing: false,
+        });
     }
 
     /// Report a downloaded blob that failed verification (warns once per name).

@@ -30,6 +30,9 @@ pub(crate) struct Shared<'a> {
     /// The toolchain's identity alone (the remote platform property; the
     /// sandbox's part of `env` travels in the REAPI Command itself).
     pub toolchain: Hash,
+    /// At most `-j` local commands at once (more actions may be in flight
+    /// when they mostly wait on a team cache or an engine).
+    pub local_slots: &'a super::slots::Slots,
 }
 
 pub(crate) enum Done {
@@ -200,7 +203,11 @@ impl Shared<'_> {
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("removing stale {host}")).into()),
             }
         }
+        let slot_wait = std::cell::Cell::new(std::time::Duration::ZERO);
         let local = || {
+            let asked = std::time::Instant::now();
+            let _slot = self.local_slots.take();
+            slot_wait.set(slot_wait.get() + asked.elapsed());
             self.clock.note_spawn();
             self.runner.run(&action.script, &action.cwd)
         };
@@ -210,7 +217,7 @@ impl Shared<'_> {
             None => (local()?, false),
         };
         // A REAPI cache hit is a lookup (with its download), not a command.
-        self.clock.add(if remote_hit { Phase::Lookup } else { Phase::of(action.kind) }, began.elapsed());
+        self.clock.add(if remote_hit { Phase::Lookup } else { Phase::of(action.kind) }, began.elapsed().saturating_sub(slot_wait.get()));
         let stdout = self.inside_text(&String::from_utf8_lossy(&output.stdout));
         let stderr = self.inside_text(&String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {

@@ -30,11 +30,13 @@
 //! | `state.rs` | the build dir's records, on disk |
 //! | `noop.rs` | the no-op snapshot |
 //! | `lock.rs` | build-directory locks that wait |
+//! | `slots.rs` | at most `-j` local commands while more actions wait on the network |
 //! | `sandbox.rs` | spawning commands (bwrap or the host) |
 //! | `explain.rs` | why the last build did what it did |
 //! | `remote/` | actions as REAPI Actions: remote cache, remote execution, the worker |
 
 mod action;
+mod slots;
 pub mod explain;
 pub mod lock;
 pub mod fingerprint;
@@ -144,6 +146,9 @@ pub struct ExecContext<'a> {
     /// The team cache behind the local action cache (default: none). See
     /// [`crate::cache::http`]: it never fails a build.
     pub remote: Option<&'a RemoteCache>,
+    /// The remote tier already started for this build (the plan used it);
+    /// without one, a tier is started from `remote`.
+    pub remote_tier: Option<std::sync::Arc<crate::cache::http::RemoteTier>>,
     /// A REAPI engine tried after a local cache miss (see [`remote`]).
     pub reapi: Option<&'a remote::Remote>,
 }
@@ -158,6 +163,7 @@ impl<'a> ExecContext<'a> {
             toolchain: ToolchainSpec::default(),
             events: &ignore_events,
             remote: None,
+            remote_tier: None,
             reapi: None,
         }
     }

@@ -19,6 +19,9 @@ use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome,
 use crate::exec::{ActionFailed, BuildReport, Event, ExecContext, Runner, UnitReport};
 use crate::plan::graph::{ActionId, Graph};
 
+/// Actions in flight per job when most wait on a team cache or an engine.
+const IN_FLIGHT_PER_JOB: usize = 4;
+
 /// Identify the toolchain (once per build), through the stat cache.
 fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, memo: &Utf8Path) -> Toolchain {
     let script = Toolchain::probe_script(spec);
@@ -70,9 +73,12 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         }
         None => Toolchain::from_components(Default::default()),
     };
-    let remote = ctx.remote.map(|r| Arc::new(r.start()));
+    let remote = ctx.remote_tier.clone().or_else(|| ctx.remote.map(|r| Arc::new(r.start())));
     let clock = crate::timings::Clock::default();
+    let jobs = ctx.jobs.max(1);
+    let local_slots = super::slots::Slots::new(jobs);
     let shared = Shared {
+        local_slots: &local_slots,
         clock: &clock,
         runner: ctx.runner,
         mounts,
@@ -109,7 +115,10 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let mut log: Vec<LogEntry> = Vec::new();
     let mut failure: Option<ActionFailed> = None;
     let mut done = 0usize;
-    let jobs = ctx.jobs.max(1);
+    // With a team cache or an engine, most actions wait on the network
+    // (lookups, downloads) rather than the CPU: more are in flight, and
+    // `local_slots` still holds local commands to `-j`.
+    let in_flight = if remote.as_ref().is_some_and(|r| r.enabled()) || ctx.reapi.is_some() { jobs * IN_FLIGHT_PER_JOB } else { jobs };
 
     type Job<'r> = (usize, Option<&'r ActionRecord>);
     type JobResult = (usize, Result<Done, Failure>, Option<DirtyReason>, Instant, Duration);
@@ -119,7 +128,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let (res_tx, res_rx) = mpsc::channel::<JobResult>();
     let job_rx = Mutex::new(job_rx);
     std::thread::scope(|scope| {
-        for _ in 0..jobs.min(total.max(1)) {
+        for _ in 0..in_flight.min(total.max(1)) {
             let res_tx = res_tx.clone();
             let job_rx = &job_rx;
             let shared = &shared;
@@ -138,7 +147,10 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
                     shared.process(action, old, &announce)
                 }))
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("internal error: panicked").into()));
-                if res_tx.send((i, result, why.into_inner(), began, began.elapsed())).is_err() {
+                // Waiting for a local slot is not the action's time.
+                let waited = super::slots::take_waited();
+                let (began, duration) = (began + waited, began.elapsed().saturating_sub(waited));
+                if res_tx.send((i, result, why.into_inner(), began, duration)).is_err() {
                     break;
                 }
             });
@@ -147,7 +159,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
 
         let mut running = 0usize;
         loop {
-            while failure.is_none() && running < jobs {
+            while failure.is_none() && running < in_flight {
                 let Some(Reverse(i)) = ready.pop() else { break };
                 let name = &graph.actions[i].name;
                 job_tx.send((i, records_snapshot.get(name))).expect("workers alive");

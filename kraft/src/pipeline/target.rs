@@ -14,6 +14,7 @@
 //! dir in `state.json`, so it survives a re-plan that resets the build dir.
 
 use std::time::Instant;
+use std::sync::Arc;
 
 use anyhow::Context;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -206,10 +207,29 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
             wall: start.elapsed(),
         });
     }
+    // The team cache may hold this very plan (same plan key): then make does
+    // not run here at all. One tier serves the plan and the actions.
+    let plans = session.store.root().join("plans");
+    let tier = session.remote.as_ref().map(|r| Arc::new(r.start()));
+    let mut fetched_plan = None;
     let plan = out.plan(&session.store, &key, || {
-        plan::plan_with(&prepared.input, Some(&session.store.root().join("plans")), Some(&prepared.origins.bind(session)))
+        if let Some(tier) = &tier {
+            match plan::bundle::fetch(tier, &plans, &key) {
+                Ok(size) => fetched_plan = size,
+                Err(e) => session.output.warning(&Diagnostic::new(format!("{id}: {e:#}")).help("planning locally instead")),
+            }
+        }
+        plan::plan_with(&prepared.input, Some(&plans), Some(&prepared.origins.bind(session)))
             .with_context(|| format!("planning {id} in {}", prepared.input.build))
     })?;
+    if let Some(size) = fetched_plan.filter(|_| plan.cached) {
+        session.output.status("Fetched", &format!("{id}: the plan from the team cache ({:.1} MiB; make not run)", size as f64 / 1048576.0));
+    }
+    if let (Some(tier), false) = (&tier, plan.cached) {
+        if let Err(e) = plan::bundle::publish(tier, &plans, &key) {
+            session.output.warning(&Diagnostic::new(format!("{id}: not sharing the plan: {e:#}")));
+        }
+    }
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));
     }
@@ -241,6 +261,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     ctx.jobs = session.jobs;
     ctx.events = &progress;
     ctx.remote = session.remote.as_ref();
+    ctx.remote_tier = tier.clone();
     ctx.toolchain.cross_compile = cross_compile_of(&plan.graph);
     let reapi = session.reapi.as_ref().and_then(|r| exec::remote::for_build(r, output, &plan.graph, &sandbox));
     ctx.reapi = reapi.as_ref();

@@ -43,9 +43,11 @@
 //! | `units` | cache units (musl split by source directory) |
 //! | `key` | the plan key: every input and why |
 //! | `cache` | the plan cache and the build dir's marker |
+//! | `bundle` | a cached plan as one file, shared through the team cache |
 //! | `graph` | the action graph a plan produces |
 //! | `upstream` | the same for a plain make project (upstream musl) |
 
+pub mod bundle;
 pub mod cache;
 pub mod command;
 pub mod edges;

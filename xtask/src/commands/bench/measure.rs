@@ -29,6 +29,19 @@ pub struct BenchOptions {
     pub jobs: usize,
 }
 
+impl BenchOptions {
+    /// Whether scenario `name` is selected: no filter, or one of its
+    /// comma-separated parts is in the name (`uk/cold$` only that name).
+    pub fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| {
+            f.split(',').any(|part| match part.strip_suffix('$') {
+                Some(exact) => name == exact,
+                None => name.contains(part),
+            })
+        })
+    }
+}
+
 pub struct Side<'a> {
     pub prepare: Step<'a>,
     pub run: Step<'a>,

@@ -77,7 +77,7 @@ pub fn musl_scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, r
     };
     let build = |src: &Utf8Path, work: &str| build_j(src, work, jobs);
     set_store_dir(Some(store_dir.clone()));
-    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
+    let want = |name: &str| opts.wants(name);
 
     let mut scenarios: Vec<Scenario<'_>> = Vec::new();
     if want("musl/cold") {

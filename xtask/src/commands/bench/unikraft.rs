@@ -88,7 +88,7 @@ fn mirror_clone(session: &Session, repo: &str, rev: &str, dest: &Utf8Path) -> Re
 }
 
 pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, results: &mut Vec<ScenarioResult>, log: &dyn Fn(&str)) -> Result<()> {
-    let want = |name: &str| opts.filter.as_deref().is_none_or(|f| f.split(',').any(|f| name.contains(f)));
+    let want = |name: &str| opts.wants(name);
     const NAMES: [&str; 11] = [
         "uk/cold", "uk/no-op", "uk/printk-flip", "uk/edit-main", "uk/warm-fresh", "uk/second-app",
         "uk/config-revert", "uk/cold-j1", "uk/remote-warm", "uk/remote-warm-reapi", "uk/",
