@@ -272,13 +272,16 @@ fn a_remote_cache_killed_mid_build_still_gives_a_successful_build() {
 
 // ------------------------------------------- plans through the team cache
 
-/// The payload of the one `ac/` entry on the server that names a plan bundle.
+/// The SHA-256 of the packed prepared tree that the one plan bundle on the
+/// server names.
 fn plan_bundle_sha256(nginx_root: &Utf8Path) -> Option<String> {
     for entry in std::fs::read_dir(nginx_root.join("ac")).ok()?.filter_map(Result::ok) {
         let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
         let payload: serde_json::Value = serde_json::from_str(doc["payload"].as_str()?).ok()?;
         if payload["kind"] == "plan" {
-            return payload["sha256"].as_str().map(str::to_owned);
+            let files = payload["files"].as_array()?;
+            let prepared = files.iter().find(|f| f["file"] == "prepared.tar.zst")?;
+            return prepared["sha256"].as_str().map(str::to_owned);
         }
     }
     None

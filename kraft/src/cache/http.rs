@@ -30,9 +30,9 @@
 //! GET/HEAD/PUT <url>/ac/<key-hex>       an action entry or a header manifest (see cache.rs), signed
 //! ```
 //!
-//! A *bundle* (a cached plan: `plan::bundle`) is one CAS blob behind a
+//! A *bundle* (a cached plan: `plan::bundle`) is a few CAS blobs behind a
 //! signed `ac/` entry whose key is blake3 of a domain, its kind and its name
-//! (the plan key), and whose payload is `{kind, name, sha256, size}`.
+//! (the plan key), and whose payload is `{kind, name, files: [{file, sha256, size}]}`.
 //!
 //! Local blobs are named by blake3; the CAS is addressed by SHA-256, so the
 //! uploader computes the SHA-256 of each output (in the background) and
@@ -367,11 +367,17 @@ struct SignedDoc {
     sig: String,
 }
 
-/// The payload of a bundle's `ac/` entry: what it is and which CAS blob.
+/// The payload of a bundle's `ac/` entry: what it is, and its files as CAS blobs.
 #[derive(Serialize, Deserialize)]
 struct BundleDoc {
     kind: String,
     name: String,
+    files: Vec<BundleFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BundleFile {
+    file: String,
     sha256: String,
     size: u64,
 }
@@ -537,32 +543,38 @@ impl RemoteTier {
         Some(bytes)
     }
 
-    /// The bytes of the bundle published as `kind`/`name` ([`RemoteTier::put_bundle`]),
-    /// verified: a trusted signature over the entry, the blob against its SHA-256.
-    pub fn get_bundle(&self, kind: &str, name: &str) -> Option<Vec<u8>> {
-        let key = bundle_key(kind, name);
-        let payload = self.get_ac(&key)?;
+    /// The files of the bundle published as `kind`/`name`
+    /// ([`RemoteTier::put_bundle`]), in the order of `files` (which must be
+    /// exactly the bundle's), each verified: a trusted signature over the
+    /// entry, every blob against its SHA-256 and size.
+    pub fn get_bundle(&self, kind: &str, name: &str, files: &[&str]) -> Option<Vec<Vec<u8>>> {
+        let payload = self.get_ac(&bundle_key(kind, name))?;
         let doc = serde_json::from_slice::<BundleDoc>(&payload).ok().filter(|d| d.kind == kind && d.name == name)?;
-        let bytes = self.get_blob(&doc.sha256, Some(doc.size))?;
-        Some(bytes)
+        if doc.files.len() != files.len() || doc.files.iter().zip(files).any(|(f, want)| f.file != *want) {
+            return None;
+        }
+        doc.files.iter().map(|f| self.get_blob(&f.sha256, Some(f.size))).collect()
     }
 
-    /// Publish the file `path` as the bundle `kind`/`name` (a cached plan,
-    /// by its plan key): the file goes to the CAS, and a signed `ac/` entry
-    /// under a key derived from both names points at it. Queued like any
-    /// upload; the file must stay until the build ends.
-    pub fn put_bundle(&self, kind: &str, name: &str, path: Utf8PathBuf) {
-        let size = match std::fs::metadata(&path) {
-            Ok(meta) => meta.len(),
-            Err(_) => return,
-        };
+    /// Publish `paths` as the bundle `kind`/`name` (a cached plan, by its
+    /// plan key): each file goes to the CAS, then a signed `ac/` entry under
+    /// a key derived from both names lists them by file name. Queued like
+    /// any upload; the files must stay until the build ends.
+    pub fn put_bundle(&self, kind: &str, name: &str, paths: Vec<Utf8PathBuf>) {
+        let mut files = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let (Some(file), Ok(meta)) = (path.file_name(), std::fs::metadata(path)) else { return };
+            files.push(BundleFile { file: file.to_owned(), sha256: String::new(), size: meta.len() });
+        }
         let (kind, name) = (kind.to_owned(), name.to_owned());
         self.upload(Upload {
             key: bundle_key(&kind, &name),
-            blobs: vec![BlobUpload { path, sha256: None }],
+            blobs: paths.into_iter().map(|path| BlobUpload { path, sha256: None }).collect(),
             payload: Box::new(move |hashes: &[String]| {
-                let sha256 = hashes.first()?.clone();
-                serde_json::to_vec(&BundleDoc { kind, name, sha256, size }).ok()
+                for (file, sha256) in files.iter_mut().zip(hashes) {
+                    file.sha256 = sha256.clone();
+                }
+                serde_json::to_vec(&BundleDoc { kind, name, files }).ok()
             }),
             only_if_missing: false,
         });

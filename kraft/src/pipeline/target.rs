@@ -226,9 +226,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
         session.output.status("Fetched", &format!("{id}: the plan from the team cache ({:.1} MiB; make not run)", size as f64 / 1048576.0));
     }
     if let (Some(tier), false) = (&tier, plan.cached) {
-        if let Err(e) = plan::bundle::publish(tier, &plans, &key) {
-            session.output.warning(&Diagnostic::new(format!("{id}: not sharing the plan: {e:#}")));
-        }
+        plan::bundle::publish(tier, &plans, &key);
     }
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));

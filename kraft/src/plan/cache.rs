@@ -1,5 +1,7 @@
-//! The plan cache: `<cache>/<key>/plan.json` beside the prepared build dir,
-//! the build dir's marker, and the identities that go into the plan key.
+//! The plan cache: `<cache>/<key>/plan.json` beside the prepared build dir
+//! packed as `prepared.tar.zst` (a tenth of the tree's size, and one file to
+//! share: see [`super::bundle`]), the build dir's marker, and the identities
+//! that go into the plan key.
 
 use anyhow::{Context, Result};
 use camino::Utf8Path;
@@ -56,19 +58,45 @@ pub(crate) struct CachedPlan {
     origins: Vec<PlacedOrigin>,
 }
 
-/// Cache entry layout: `<cache>/<key>/plan.json` and `<cache>/<key>/prepared/`.
+/// The files of a cache entry, `<cache>/<key>/<file>`.
+pub(crate) const PLAN_FILE: &str = "plan.json";
+pub(crate) const PREPARED_FILE: &str = "prepared.tar.zst";
+
+/// The graph and warnings of the cache entry `entry`, if it is complete and of this format.
 pub(crate) fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>)>> {
-    let file = entry.join("plan.json");
+    let file = entry.join(PLAN_FILE);
     let Ok(text) = std::fs::read_to_string(&file) else { return Ok(None) };
     match serde_json::from_str::<CachedPlan>(&text) {
-        Ok(c) if c.format == PLAN_FORMAT && entry.join("prepared").is_dir() => Ok(Some((c.graph, c.warnings))),
+        Ok(c) if c.format == PLAN_FORMAT && entry.join(PREPARED_FILE).is_file() => Ok(Some((c.graph, c.warnings))),
         _ => Ok(None),
     }
 }
 
+/// Puts the build dir in the prepared state of `entry` (unless its marker
+/// says it already is). `false`: the entry's tree does not unpack; it is
+/// removed and the caller plans with make.
+pub(crate) fn restore_prepared(entry: &Utf8Path, build: &Utf8Path, key: &str) -> Result<bool> {
+    // A build dir already prepared for this very plan is left as it is:
+    // that is what makes a no-op build cost nothing.
+    if read_marker(build).as_deref() == Some(key) {
+        return Ok(true);
+    }
+    clear_dir(build)?;
+    let unpacked = std::fs::read(entry.join(PREPARED_FILE))
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| super::bundle::unpack_tree(&bytes, build));
+    if unpacked.is_err() {
+        let _ = std::fs::remove_dir_all(entry);
+        clear_dir(build)?;
+        return Ok(false);
+    }
+    write_marker(build, key)?;
+    Ok(true)
+}
+
 /// The origin archives a cached plan placed (none for an unreadable entry).
 pub(crate) fn load_cached_origins(entry: &Utf8Path) -> Vec<PlacedOrigin> {
-    std::fs::read_to_string(entry.join("plan.json"))
+    std::fs::read_to_string(entry.join(PLAN_FILE))
         .ok()
         .and_then(|text| serde_json::from_str::<CachedPlan>(&text).ok())
         .map(|c| c.origins)
@@ -84,16 +112,16 @@ pub(crate) fn store_cached_with(entry: &Utf8Path, graph: &Graph, warnings: &[Str
     std::fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new().prefix(".plan-").tempdir_in(parent)?;
     let tmp_path = Utf8Path::from_path(tmp.path()).unwrap();
-    crate::util::fs::copy_tree(build, tmp_path.join("prepared"))?;
+    super::bundle::pack_tree(build, &tmp_path.join(PREPARED_FILE))?;
     let cached = CachedPlan { format: PLAN_FORMAT, warnings: warnings.to_vec(), graph: graph.clone(), origins: origins.to_vec() };
-    std::fs::write(tmp_path.join("plan.json"), serde_json::to_vec(&cached)?)?;
+    std::fs::write(tmp_path.join(PLAN_FILE), serde_json::to_vec(&cached)?)?;
     let tmp_path = tmp.keep();
     if entry.exists() {
         std::fs::remove_dir_all(entry)?;
     }
     if let Err(e) = std::fs::rename(&tmp_path, entry) {
         let _ = std::fs::remove_dir_all(&tmp_path);
-        if !entry.join("plan.json").exists() {
+        if !entry.join(PLAN_FILE).exists() {
             return Err(e).context("storing plan in cache");
         }
     }

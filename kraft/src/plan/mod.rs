@@ -71,7 +71,7 @@ use crate::exec::sandbox::{Mount, Sandbox};
 use crate::plan::graph::Graph;
 
 pub use crate::plan::cache::fingerprint_build_files;
-pub(crate) use crate::plan::cache::{clear_dir, load_cached, read_marker, store_cached, write_marker};
+pub(crate) use crate::plan::cache::{clear_dir, load_cached, restore_prepared, store_cached, write_marker};
 pub use crate::plan::edges::merge_in_place;
 pub use crate::plan::fetches::{OriginFetch, OriginProvider, PlacedOrigin};
 pub use crate::plan::make_n::parse_make_n;
@@ -80,7 +80,7 @@ pub use crate::plan::target::Target;
 pub use crate::plan::units::{default_unit_rules, summary, UnitRule};
 
 /// Bump when the parser or the cache layout changes: old plans are ignored.
-pub const PLAN_FORMAT: u32 = 5;
+pub const PLAN_FORMAT: u32 = 6;
 
 #[derive(Debug, Clone)]
 pub struct PlanInput {
@@ -198,14 +198,9 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
     if let Some(entry) = &entry {
         let pinned = |placed: &[PlacedOrigin]| origins.is_none_or(|o| placed.iter().all(|p| o.still_pinned(p)));
         if let Some((graph, warnings)) = load_cached(entry)?.filter(|_| pinned(&cache::load_cached_origins(entry))) {
-            // A build dir already prepared for this very plan is left as it
-            // is: that is what makes a no-op build cost nothing.
-            if read_marker(&input.build).as_deref() != Some(key.as_str()) {
-                clear_dir(&input.build)?;
-                crate::util::fs::copy_tree(entry.join("prepared"), &input.build)?;
-                write_marker(&input.build, &key)?;
+            if cache::restore_prepared(entry, &input.build, &key)? {
+                return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
             }
-            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
         }
     }
 

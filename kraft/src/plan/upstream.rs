@@ -105,12 +105,9 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
         if let Some((graph, warnings)) = plan::load_cached(entry)? {
-            if plan::read_marker(&input.build).as_deref() != Some(key.as_str()) {
-                plan::clear_dir(&input.build)?;
-                crate::util::fs::copy_tree(entry.join("prepared"), &input.build)?;
-                plan::write_marker(&input.build, &key)?;
+            if plan::restore_prepared(entry, &input.build, &key)? {
+                return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
             }
-            return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
         }
     }
 
