@@ -316,3 +316,40 @@ fn in_place_steps_fold_into_their_producer() {
     assert_eq!(merged.actions[2].deps, vec![ActionId(1)], "dependents of folded steps depend on the owner");
     assert!(merged.actions.iter().enumerate().all(|(i, a)| a.id.0 == i));
 }
+
+/// The plan key names tools by stat stamp (cheap, this machine only); the
+/// shared plan key, which names a plan in the team cache, by content: a copy
+/// of the same program elsewhere (new inode, new mtime) keeps it, other
+/// bytes change it.
+#[test]
+fn shared_plan_key_names_tools_by_content_not_stamps() {
+    let ws = workspace();
+    let bin = ws.root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let sed = bin.join("sed");
+    std::fs::copy("/usr/bin/sed", &sed).unwrap();
+    let mut input = ws.input.clone();
+    input.env.push(("PATH".into(), format!("{bin}:/usr/bin:/bin")));
+    std::fs::create_dir_all(&input.build).unwrap();
+    let sandbox = Sandbox::new(input.mounts(), input.env.clone()).unwrap();
+    let keys = || (plan::plan_key(&input, &sandbox).unwrap(), plan::key::shared_plan_key(&input, &sandbox).unwrap());
+    let (local, shared) = keys();
+    assert_ne!(local, shared);
+
+    // The same program again: another inode and mtime.
+    std::fs::remove_file(&sed).unwrap();
+    std::fs::copy("/usr/bin/sed", &sed).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options().write(true).open(&sed).unwrap().set_modified(old).unwrap();
+    let (local2, shared2) = keys();
+    assert_ne!(local2, local, "the plan key sees the stamp");
+    assert_eq!(shared2, shared, "the shared plan key does not");
+
+    // Other bytes under the same name.
+    let mut bytes = std::fs::read(&sed).unwrap();
+    bytes.push(0);
+    std::fs::remove_file(&sed).unwrap();
+    std::fs::write(&sed, bytes).unwrap();
+    let (_, shared3) = keys();
+    assert_ne!(shared3, shared, "the shared plan key sees the bytes");
+}

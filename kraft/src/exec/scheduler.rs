@@ -19,7 +19,7 @@ use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome,
 use crate::exec::{ActionFailed, BuildReport, Event, ExecContext, Runner, UnitReport};
 use crate::plan::graph::{ActionId, Graph};
 
-/// Actions in flight per job when most wait on a team cache or an engine.
+/// Actions in flight per job when most wait on a team cache.
 const IN_FLIGHT_PER_JOB: usize = 4;
 
 /// Identify the toolchain (once per build), through the stat cache.
@@ -115,10 +115,11 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let mut log: Vec<LogEntry> = Vec::new();
     let mut failure: Option<ActionFailed> = None;
     let mut done = 0usize;
-    // With a team cache or an engine, most actions wait on the network
-    // (lookups, downloads) rather than the CPU: more are in flight, and
-    // `local_slots` still holds local commands to `-j`.
-    let in_flight = if remote.as_ref().is_some_and(|r| r.enabled()) || ctx.reapi.is_some() { jobs * IN_FLIGHT_PER_JOB } else { jobs };
+    // With a team cache, most actions wait on the network (lookups,
+    // downloads) rather than the CPU: more are in flight, and `local_slots`
+    // still holds local commands to `-j`. Not with an engine: its client
+    // takes `-j` as the number of actions in flight itself.
+    let in_flight = if remote.as_ref().is_some_and(|r| r.enabled()) && ctx.reapi.is_none() { jobs * IN_FLIGHT_PER_JOB } else { jobs };
 
     type Job<'r> = (usize, Option<&'r ActionRecord>);
     type JobResult = (usize, Result<Done, Failure>, Option<DirtyReason>, Instant, Duration);

@@ -214,7 +214,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     let mut fetched_plan = None;
     let plan = out.plan(&session.store, &key, || {
         if let Some(tier) = &tier {
-            match plan::bundle::fetch(tier, &plans, &key) {
+            match plan::bundle::fetch(tier, &plans, &key, &prepared.input, &sandbox) {
                 Ok(size) => fetched_plan = size,
                 Err(e) => session.output.warning(&Diagnostic::new(format!("{id}: {e:#}")).help("planning locally instead")),
             }
@@ -226,7 +226,9 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
         session.output.status("Fetched", &format!("{id}: the plan from the team cache ({:.1} MiB; make not run)", size as f64 / 1048576.0));
     }
     if let (Some(tier), false) = (&tier, plan.cached) {
-        plan::bundle::publish(tier, &plans, &key);
+        if let Err(e) = plan::bundle::publish(tier, &plans, &key, &prepared.input, &sandbox) {
+            session.output.warning(&Diagnostic::new(format!("{id}: not sharing the plan: {e:#}")));
+        }
     }
     for warning in &plan.warnings {
         session.output.warning(&Diagnostic::new(format!("{id}: {warning}")).help("check the symbol's name and its dependencies in Config.uk"));

@@ -10,9 +10,9 @@
 //! cache; `plan_with` then finds a local hit and make never runs. They are
 //! trusted the way an action entry is: the team cache's signed `ac/`
 //! document names their SHA-256s (see `cache::http`), and they land in a
-//! temporary directory that only a rename makes visible. The plan key covers
-//! every input of planning (see [`super::key`]), so an entry published under
-//! it is the plan this machine would make.
+//! temporary directory that only a rename makes visible. The shared plan key
+//! they are published under covers every input of planning, tools by content
+//! (see [`super::key`]), so the entry is the plan this machine would make.
 
 use std::io::{Read, Write};
 
@@ -20,7 +20,9 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8Path;
 
 use super::cache::{PLAN_FILE, PREPARED_FILE};
+use super::PlanInput;
 use crate::cache::http::RemoteTier;
+use crate::exec::sandbox::Sandbox;
 
 /// A packed tree unpacks to at most this much (a hostile frame cannot fill the disk).
 pub const MAX_UNPACKED: u64 = 4 << 30;
@@ -58,15 +60,18 @@ pub fn unpack_tree(packed: &[u8], dir: &Utf8Path) -> Result<()> {
     tar.unpack(dir).with_context(|| format!("unpacking a packed tree into {dir}"))
 }
 
-/// Fetches plan `key` from the team cache into `plans/<key>` when the plan
-/// cache lacks it; returns the bytes fetched when it did. Files that do not
-/// make an entry are an error (they were signed: the publisher is at fault).
-pub fn fetch(tier: &RemoteTier, plans: &Utf8Path, key: &str) -> Result<Option<u64>> {
+/// Fetches the plan of `input` from the team cache into `plans/<key>` when
+/// the plan cache lacks it; returns the bytes fetched when it did. The team
+/// cache names it by the shared plan key (tools by content: see
+/// [`super::key`]). Files that do not make an entry are an error (they were
+/// signed: the publisher is at fault).
+pub fn fetch(tier: &RemoteTier, plans: &Utf8Path, key: &str, input: &PlanInput, sandbox: &Sandbox) -> Result<Option<u64>> {
     let entry = plans.join(key);
     if entry.join(PLAN_FILE).is_file() || !tier.enabled() {
         return Ok(None);
     }
-    let Some(files) = tier.get_bundle(KIND, key, &FILES) else { return Ok(None) };
+    let shared = super::key::shared_plan_key(input, sandbox)?;
+    let Some(files) = tier.get_bundle(KIND, &shared, &FILES) else { return Ok(None) };
     std::fs::create_dir_all(plans).with_context(|| format!("creating {plans}"))?;
     let tmp = tempfile::Builder::new().prefix(".plan-").tempdir_in(plans).with_context(|| format!("creating a temporary directory in {plans}"))?;
     let tmp_path = Utf8Path::from_path(tmp.path()).context("a temporary directory with a UTF-8 name")?;
@@ -93,13 +98,15 @@ pub fn fetch(tier: &RemoteTier, plans: &Utf8Path, key: &str) -> Result<Option<u6
     Ok(Some(bytes))
 }
 
-/// Publishes plan `key` (just made, in `plans/<key>`) to the team cache,
-/// when this build may write there.
-pub fn publish(tier: &RemoteTier, plans: &Utf8Path, key: &str) {
+/// Publishes plan `key` of `input` (just made, in `plans/<key>`) to the
+/// team cache under its shared plan key, when this build may write there.
+pub fn publish(tier: &RemoteTier, plans: &Utf8Path, key: &str, input: &PlanInput, sandbox: &Sandbox) -> Result<()> {
     if tier.writable() {
+        let shared = super::key::shared_plan_key(input, sandbox)?;
         let entry = plans.join(key);
-        tier.put_bundle(KIND, key, FILES.iter().map(|f| entry.join(f)).collect());
+        tier.put_bundle(KIND, &shared, FILES.iter().map(|f| entry.join(f)).collect());
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,12 @@
 //! | sandbox backend, environment  | every command sees it (`PATH`, `SOURCE_DATE_EPOCH`, ...); `none` plans embed realpaths, so with `none` the mounts' host paths too |
 //! | tools                         | how the commands' `PATH` resolves make's tools and the target's compiler and binutils (every cross prefix Unikraft may pick for the arch): directories missed, link hops, and the program's size, mtime and inode. `make` runs `$(CC) --version` and `gcc_version_ge` tests, so a compiler that appears, moves or changes is a new plan |
 //!
+//! The **shared plan key** ([`shared_plan_key`]) names the plan in the team
+//! cache. It has every field above, but tools by the blake3 of their bytes
+//! instead of their stamps (inodes and mtimes differ on every machine). It
+//! is computed only when the local plan cache misses, so a no-op never hashes
+//! a program.
+//!
 //! Not in the key: source files that are not build descriptions (adding a
 //! `.c` file without touching `Makefile.uk` does not change the plan, except
 //! through wildcards in Makefile.uk — give `component_hashes` to be exact).
@@ -23,7 +29,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 
-use crate::exec::fingerprint::toolchain::resolve;
+use crate::exec::fingerprint::toolchain::{resolve, resolve_as, ProgramId};
 use crate::exec::sandbox::Sandbox;
 use crate::plan::cache::fingerprint_build_files;
 use crate::plan::{PlanInput, PLAN_FORMAT};
@@ -81,6 +87,17 @@ pub fn sandbox_identity(sandbox: &Sandbox) -> String {
 
 /// The plan key of `input` in `sandbox` (see the module docs).
 pub fn plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
+    key_with_tools(input, sandbox, &tool_versions(sandbox, Some(&input.target.arch)))
+}
+
+/// The shared plan key of `input` in `sandbox`: the plan key with tools
+/// named by content, the same on every machine with the same programs.
+pub fn shared_plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
+    let tools = resolve_as(&tool_names(Some(&input.target.arch)), &sandbox_path(sandbox), ProgramId::Content);
+    Ok(format!("shared-{}", key_with_tools(input, sandbox, &tools)?))
+}
+
+fn key_with_tools(input: &PlanInput, sandbox: &Sandbox, tools: &str) -> Result<String> {
     let mut h = blake3::Hasher::new();
     let mut field = |name: &str, value: &[u8]| {
         h.update(name.as_bytes());
@@ -120,6 +137,6 @@ pub fn plan_key(input: &PlanInput, sandbox: &Sandbox) -> Result<String> {
     }
     field("units", serde_json::to_string(&input.unit_rules)?.as_bytes());
     field("sandbox", sandbox_identity(sandbox).as_bytes());
-    field("tools", tool_versions(sandbox, Some(&input.target.arch)).as_bytes());
+    field("tools", tools.as_bytes());
     Ok(h.finalize().to_hex()[..32].to_string())
 }

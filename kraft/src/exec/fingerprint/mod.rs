@@ -26,6 +26,13 @@
 //! looked up only after the local cache misses, and a remote result is
 //! stored locally under the action key.
 //!
+//! A fifth, the **shared plan key** ([`crate::plan::key::shared_plan_key`]),
+//! names a plan in the team cache (`plan::bundle`). It is the plan key's
+//! column with one change: tools are named by the blake3 of their bytes, not
+//! their stamps, since inodes and mtimes differ on every machine. It is
+//! computed only when the local plan cache misses, so no-ops never pay for
+//! it, and the fetched plan is stored locally under the plan key.
+//!
 //! # Every input, and which key holds it
 //!
 //! (cargo's fingerprint table is the model.) `✓` = the input is hashed into

@@ -75,6 +75,23 @@ fn stamp_of(path: &Utf8Path) -> String {
 /// program found (or `missing`). With `stamps`, the program's size, mtime
 /// and inode follow it. Pure stat/readlink: cheap enough for every no-op.
 pub fn resolve(names: &[String], path: &str, stamps: bool) -> String {
+    resolve_as(names, path, if stamps { ProgramId::Stamp } else { ProgramId::Path })
+}
+
+/// How [`resolve_as`] names the program it found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramId {
+    /// Its path only.
+    Path,
+    /// Its path, size, mtime and inode: this machine only, a stat each.
+    Stamp,
+    /// Its path and the blake3 of its bytes: the same on every machine that
+    /// installed the same program (what a key shared by a team needs).
+    Content,
+}
+
+/// [`resolve`], naming each program found as `id` says.
+pub fn resolve_as(names: &[String], path: &str, id: ProgramId) -> String {
     let mut out = format!("PATH={path}\n");
     for name in names {
         let mut found = None;
@@ -103,10 +120,13 @@ pub fn resolve(names: &[String], path: &str, stamps: bool) -> String {
                 _ => target,
             };
         }
-        if stamps {
-            writeln!(out, "{name}: {program} {}", stamp_of(&program)).unwrap();
-        } else {
-            writeln!(out, "{name}: {program}").unwrap();
+        match id {
+            ProgramId::Path => writeln!(out, "{name}: {program}").unwrap(),
+            ProgramId::Stamp => writeln!(out, "{name}: {program} {}", stamp_of(&program)).unwrap(),
+            ProgramId::Content => {
+                let hash = crate::util::hash::blake3_file(program.as_std_path()).map(|(h, _)| h.to_hex().to_string());
+                writeln!(out, "{name}: {program} {}", hash.as_deref().unwrap_or("unreadable")).unwrap()
+            }
         }
     }
     out

@@ -66,8 +66,9 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     measure::set_spawn_cost(spawn_cost);
     log(&format!("one sandbox start costs {:.1} ms (median of 20, beyond a plain bash -c)", spawn_cost * 1000.0));
     musl::musl_scenarios(session, opts, &work.join("musl"), &mut results, &log)?;
+    let mut failure = None;
     if unikraft_mirrored(session) {
-        unikraft::scenarios(session, opts, &work.join("unikraft"), &mut results, &log)?;
+        failure = unikraft::scenarios(session, opts, &work.join("unikraft"), &mut results, &log).err();
     } else {
         println!("skipping the Unikraft scenarios: set KRAFT_MIRRORS so that https://github.com/unikraft/ resolves to a local mirror");
     }
@@ -87,5 +88,8 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     std::fs::write(&file, &text)?;
     std::fs::write(out_dir.join("latest.json"), &text)?;
     println!("results: {file}");
-    Ok(results)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
 }
