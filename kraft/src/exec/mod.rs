@@ -36,7 +36,7 @@
 //! | `remote/` | actions as REAPI Actions: remote cache, remote execution, the worker |
 
 mod action;
-mod slots;
+pub(crate) mod slots;
 pub mod explain;
 pub mod lock;
 pub mod fingerprint;

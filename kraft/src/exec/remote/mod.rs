@@ -42,7 +42,7 @@ pub mod worker;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -268,27 +268,6 @@ pub fn connect(url: &str, options: ClientOptions) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// A counting semaphore for local fallback runs.
-struct Slots {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Slots {
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        let mut free = self.free.lock().expect("slots");
-        while *free == 0 {
-            free = self.cv.wait(free).expect("slots");
-        }
-        *free -= 1;
-        drop(free);
-        let out = f();
-        *self.free.lock().expect("slots") += 1;
-        self.cv.notify_one();
-        out
-    }
-}
-
 /// The REAPI side of one build.
 pub struct Remote {
     url: String,
@@ -299,7 +278,7 @@ pub struct Remote {
     down: AtomicBool,
     gave_up: Mutex<Option<String>>,
     warn: Box<dyn Fn(&str) + Send + Sync>,
-    local_slots: Slots,
+    local_slots: crate::exec::slots::Slots,
     lines: Mutex<Vec<ActionLine>>,
     downloaded: std::sync::atomic::AtomicU64,
 }
@@ -359,10 +338,7 @@ impl Remote {
             down: AtomicBool::new(false),
             gave_up: Mutex::new(None),
             warn,
-            local_slots: Slots {
-                free: Mutex::new(cores),
-                cv: Condvar::new(),
-            },
+            local_slots: crate::exec::slots::Slots::new(cores),
             lines: Mutex::default(),
             downloaded: Default::default(),
         })
@@ -436,7 +412,10 @@ impl Remote {
     ) -> anyhow::Result<(Output, bool)> {
         let began = Instant::now();
         if self.down.load(Ordering::SeqCst) {
-            let out = self.local_slots.run(local)?;
+            let out = {
+                let _slot = self.local_slots.take();
+                local()?
+            };
             self.note(action, Settled::Local, 0, began, None);
             return Ok((out, false));
         }
@@ -451,7 +430,10 @@ impl Remote {
             Ok(None) => {}
             Err(e) => self.give_up(format!("{e:#}")),
         }
-        let out = self.local_slots.run(local)?;
+        let out = {
+            let _slot = self.local_slots.take();
+            local()?
+        };
         let mut bytes = 0;
         if out.status.success() && self.cache.writes() && !self.down.load(Ordering::SeqCst) {
             let outputs: Vec<(String, Utf8PathBuf)> = self
