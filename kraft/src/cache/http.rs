@@ -30,9 +30,10 @@
 //! GET/HEAD/PUT <url>/ac/<key-hex>       an action entry or a header manifest (see cache.rs), signed
 //! ```
 //!
-//! A *bundle* (a cached plan: `plan::bundle`) is a few CAS blobs behind a
-//! signed `ac/` entry whose key is blake3 of a domain, its kind and its name
-//! (the plan key), and whose payload is `{kind, name, files: [{file, sha256, size}]}`.
+//! A *bundle* (a cached plan: `plan::bundle`; written and read in `bundle`)
+//! is a few CAS blobs behind a signed `ac/` entry whose key is blake3 of a
+//! domain, its kind and its name (the shared plan key), and whose payload is
+//! `{kind, name, files: [{file, sha256, size}]}`.
 //!
 //! Local blobs are named by blake3; the CAS is addressed by SHA-256, so the
 //! uploader computes the SHA-256 of each output (in the background) and
@@ -104,6 +105,7 @@ use sha2::{Digest, Sha256};
 use super::signing::CacheKeys;
 use crate::util::hash::{hex, is_hex64 as is_sha256};
 
+mod bundle;
 mod transport;
 
 /// Version of the signed `ac/` document.
@@ -367,32 +369,6 @@ struct SignedDoc {
     sig: String,
 }
 
-/// The payload of a bundle's `ac/` entry: what it is, and its files as CAS blobs.
-#[derive(Serialize, Deserialize)]
-struct BundleDoc {
-    kind: String,
-    name: String,
-    files: Vec<BundleFile>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct BundleFile {
-    file: String,
-    sha256: String,
-    size: u64,
-}
-
-/// The `ac/` key of a bundle: a domain-separated hash of its kind and name,
-/// so it can never equal an action key.
-fn bundle_key(kind: &str, name: &str) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"kraft-xtask bundle v1\0");
-    h.update(kind.as_bytes());
-    h.update(&[0]);
-    h.update(name.as_bytes());
-    h.finalize().to_hex().to_string()
-}
-
 /// What an `ac/` document's signature covers.
 fn signed_message(key_id: &str, action_key: &str, payload: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(SIG_DOMAIN.len() + key_id.len() + action_key.len() + payload.len() + 2);
@@ -541,43 +517,6 @@ impl RemoteTier {
             return None;
         }
         Some(bytes)
-    }
-
-    /// The files of the bundle published as `kind`/`name`
-    /// ([`RemoteTier::put_bundle`]), in the order of `files` (which must be
-    /// exactly the bundle's), each verified: a trusted signature over the
-    /// entry, every blob against its SHA-256 and size.
-    pub fn get_bundle(&self, kind: &str, name: &str, files: &[&str]) -> Option<Vec<Vec<u8>>> {
-        let payload = self.get_ac(&bundle_key(kind, name))?;
-        let doc = serde_json::from_slice::<BundleDoc>(&payload).ok().filter(|d| d.kind == kind && d.name == name)?;
-        if doc.files.len() != files.len() || doc.files.iter().zip(files).any(|(f, want)| f.file != *want) {
-            return None;
-        }
-        doc.files.iter().map(|f| self.get_blob(&f.sha256, Some(f.size))).collect()
-    }
-
-    /// Publish `paths` as the bundle `kind`/`name` (a cached plan, by its
-    /// plan key): each file goes to the CAS, then a signed `ac/` entry under
-    /// a key derived from both names lists them by file name. Queued like
-    /// any upload; the files must stay until the build ends.
-    pub fn put_bundle(&self, kind: &str, name: &str, paths: Vec<Utf8PathBuf>) {
-        let mut files = Vec::with_capacity(paths.len());
-        for path in &paths {
-            let (Some(file), Ok(meta)) = (path.file_name(), std::fs::metadata(path)) else { return };
-            files.push(BundleFile { file: file.to_owned(), sha256: String::new(), size: meta.len() });
-        }
-        let (kind, name) = (kind.to_owned(), name.to_owned());
-        self.upload(Upload {
-            key: bundle_key(&kind, &name),
-            blobs: paths.into_iter().map(|path| BlobUpload { path, sha256: None }).collect(),
-            payload: Box::new(move |hashes: &[String]| {
-                for (file, sha256) in files.iter_mut().zip(hashes) {
-                    file.sha256 = sha256.clone();
-                }
-                serde_json::to_vec(&BundleDoc { kind, name, files }).ok()
-            }),
-            only_if_missing: false,
-        });
     }
 
     /// Report a downloaded blob that failed verification (warns once per name).
