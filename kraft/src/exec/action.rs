@@ -203,11 +203,9 @@ impl Shared<'_> {
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("removing stale {host}")).into()),
             }
         }
-        let slot_wait = std::cell::Cell::new(std::time::Duration::ZERO);
+        let waited_before = super::slots::waited();
         let local = || {
-            let asked = std::time::Instant::now();
             let _slot = self.local_slots.take();
-            slot_wait.set(slot_wait.get() + asked.elapsed());
             self.clock.note_spawn();
             self.runner.run(&action.script, &action.cwd)
         };
@@ -217,7 +215,7 @@ impl Shared<'_> {
             None => (local()?, false),
         };
         // A REAPI cache hit is a lookup (with its download), not a command.
-        self.clock.add(if remote_hit { Phase::Lookup } else { Phase::of(action.kind) }, began.elapsed().saturating_sub(slot_wait.get()));
+        self.clock.add(if remote_hit { Phase::Lookup } else { Phase::of(action.kind) }, began.elapsed().saturating_sub(super::slots::waited() - waited_before));
         let stdout = self.inside_text(&String::from_utf8_lossy(&output.stdout));
         let stderr = self.inside_text(&String::from_utf8_lossy(&output.stderr));
         if !output.status.success() {

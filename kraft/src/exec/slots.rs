@@ -18,6 +18,11 @@ pub(crate) fn take_waited() -> Duration {
     WAITED.with(|w| w.replace(Duration::ZERO))
 }
 
+/// How long this thread has waited for slots so far (not reset).
+pub(crate) fn waited() -> Duration {
+    WAITED.with(Cell::get)
+}
+
 pub(crate) struct Slots {
     free: Mutex<usize>,
     freed: Condvar,

@@ -63,7 +63,7 @@ pub fn unpack_tree(packed: &[u8], dir: &Utf8Path) -> Result<()> {
 /// Fetches the plan of `input` from the team cache into `plans/<key>` when
 /// the plan cache lacks it; returns the bytes fetched when it did. The team
 /// cache names it by the shared plan key (tools by content: see
-/// [`super::key`]). Files that do not make an entry are an error (they were
+/// [`super::key`]). A `plan.json` of another format is an error (it was
 /// signed: the publisher is at fault).
 pub fn fetch(tier: &RemoteTier, plans: &Utf8Path, key: &str, input: &PlanInput, sandbox: &Sandbox) -> Result<Option<u64>> {
     let entry = plans.join(key);
@@ -80,11 +80,8 @@ pub fn fetch(tier: &RemoteTier, plans: &Utf8Path, key: &str, input: &PlanInput, 
         std::fs::write(tmp_path.join(name), data).with_context(|| format!("writing {tmp_path}/{name}"))?;
         bytes += data.len() as u64;
     }
-    // The packed tree must unpack, or the entry is not used at all.
-    let probe = tempfile::tempdir_in(plans).context("creating a temporary directory")?;
-    unpack_tree(&files[1], Utf8Path::from_path(probe.path()).context("a UTF-8 temporary path")?)
-        .with_context(|| format!("the team cache's plan {key}"))?;
-    drop(probe);
+    // A packed tree that does not unpack is found by `restore_prepared`,
+    // which removes the entry and plans with make.
     if super::cache::load_cached(tmp_path)?.is_none() {
         bail!("the team cache's plan {key} is not a plan of this format");
     }
