@@ -253,6 +253,8 @@ fn two_clean_builds_in_different_places_are_bit_identical() {
         ("TZ", "America/New_York"),
         ("CFLAGS", "-O0 -g3"),
         ("SOURCE_DATE_EPOCH", "1"),
+        // A sandbox per action here, a resident one per worker in the first.
+        ("KRAFT_SANDBOX_RESIDENT", "0"),
     ];
     let b = xtask(&second.ws, &second.store, &env, &["build", "app-hello"]);
     assert_ok(&b);

@@ -3,6 +3,10 @@
 //! source read-only; and without bubblewrap a build stops instead of
 //! silently running on the host, unless `KRAFT_SANDBOX=none` says so.
 //!
+//! Every property holds in both ways of running an action: a sandbox of its
+//! own, and the resident sandbox of a worker (`exec::resident`, with the
+//! `xtask` binary as its runner), which must also forget each action.
+//!
 //! A missing bwrap skips these tests on a developer machine (with a note)
 //! and fails them under `CI=true`.
 
@@ -37,7 +41,13 @@ struct World {
 }
 
 impl World {
-    fn new() -> World {
+    /// The same world twice: resident sandbox, then a sandbox per action.
+    fn both() -> [World; 2] {
+        kraft::exec::resident::register(Utf8PathBuf::from(env!("CARGO_BIN_EXE_xtask")));
+        [World::new(true), World::new(false)]
+    }
+
+    fn new(resident: bool) -> World {
         let tmp = tempfile::tempdir().unwrap();
         let root = utf8(tmp.path());
         let mut mounts = Vec::new();
@@ -52,6 +62,7 @@ impl World {
             mounts.push(if writable { Mount::rw(root.join(dir), inside) } else { Mount::ro(root.join(dir), inside) });
         }
         let sandbox = Sandbox::with_backend(mounts, Vec::new(), Backend::Bwrap).unwrap();
+        let sandbox = if resident { sandbox } else { sandbox.per_action() };
         World { _tmp: tmp, root, sandbox }
     }
 
@@ -67,26 +78,27 @@ fn network_is_off_inside() {
     if !bwrap_or_skip("network_is_off_inside") {
         return;
     }
-    let w = World::new();
-    // A listener on the host's loopback: the sandbox's loopback is another one.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (ok, out) = w.run(&format!(
-        "if (echo hello > /dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo connected; else echo refused; fi; \
-         tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"
-    ));
-    assert!(ok, "{out}");
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("refused"), "{out}");
-    let interfaces: Vec<&str> = lines.collect();
-    assert_eq!(interfaces, ["lo"], "only a loopback of its own: {out}");
-    match listener.accept() {
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-        other => panic!("the host listener was reached from the sandbox: {other:?}"),
+    for w in World::both() {
+        // A listener on the host's loopback: the sandbox's loopback is another one.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (ok, out) = w.run(&format!(
+            "if (echo hello > /dev/tcp/127.0.0.1/{port}) 2>/dev/null; then echo connected; else echo refused; fi; \
+             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"
+        ));
+        assert!(ok, "{out}");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("refused"), "{out}");
+        let interfaces: Vec<&str> = lines.collect();
+        assert_eq!(interfaces, ["lo"], "only a loopback of its own: {out}");
+        match listener.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            other => panic!("the host listener was reached from the sandbox: {other:?}"),
+        }
+        let (ok, out) = w.run("getent hosts example.com || echo no-resolution");
+        assert!(ok && out.contains("no-resolution"), "{out}");
     }
-    let (ok, out) = w.run("getent hosts example.com || echo no-resolution");
-    assert!(ok && out.contains("no-resolution"), "{out}");
 }
 
 #[test]
@@ -94,31 +106,32 @@ fn only_the_build_dir_is_writable() {
     if !bwrap_or_skip("only_the_build_dir_is_writable") {
         return;
     }
-    let w = World::new();
-    let (ok, out) = w.run("echo built > /kraft/build/out.o");
-    assert!(ok, "{out}");
-    assert_eq!(std::fs::read_to_string(w.root.join("build/out.o")).unwrap(), "built\n");
-    for target in ["/kraft/unikraft/x", "/kraft/libs/greet/x", "/kraft/apps/hello/x", "/usr/x", "/etc/x", "/kraft/x"] {
-        let (ok, out) = w.run(&format!("echo evil > {target}"));
-        assert!(!ok, "{target} was writable: {out}");
+    for w in World::both() {
+        let (ok, out) = w.run("echo built > /kraft/build/out.o");
+        assert!(ok, "{out}");
+        assert_eq!(std::fs::read_to_string(w.root.join("build/out.o")).unwrap(), "built\n");
+        for target in ["/kraft/unikraft/x", "/kraft/libs/greet/x", "/kraft/apps/hello/x", "/usr/x", "/etc/x", "/kraft/x"] {
+            let (ok, out) = w.run(&format!("echo evil > {target}"));
+            assert!(!ok, "{target} was writable: {out}");
+        }
+        // Paths of the host are not there at all, and /tmp is private.
+        let host_root = w.root.clone();
+        let (ok, _) = w.run(&format!("ls {host_root}"));
+        assert!(!ok, "the host path {host_root} is visible inside");
+        let probe = format!("kraft-sandbox-probe-{}", std::process::id());
+        let (ok, out) = w.run(&format!("echo x > /tmp/{probe}"));
+        assert!(ok, "{out}");
+        assert!(!Utf8Path::new("/tmp").join(&probe).exists(), "/tmp inside is the host's /tmp");
+        let written: Vec<String> = walkdir::WalkDir::new(&w.root)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().strip_prefix(w.root.as_std_path()).unwrap().display().to_string())
+            .collect();
+        let mut written = written;
+        written.sort();
+        assert_eq!(written, ["app/marker", "build/marker", "build/out.o", "core/marker", "lib/marker"]);
     }
-    // Paths of the host are not there at all, and /tmp is private.
-    let host_root = w.root.clone();
-    let (ok, _) = w.run(&format!("ls {host_root}"));
-    assert!(!ok, "the host path {host_root} is visible inside");
-    let probe = format!("kraft-sandbox-probe-{}", std::process::id());
-    let (ok, out) = w.run(&format!("echo x > /tmp/{probe}"));
-    assert!(ok, "{out}");
-    assert!(!Utf8Path::new("/tmp").join(&probe).exists(), "/tmp inside is the host's /tmp");
-    let written: Vec<String> = walkdir::WalkDir::new(&w.root)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.path().strip_prefix(w.root.as_std_path()).unwrap().display().to_string())
-        .collect();
-    let mut written = written;
-    written.sort();
-    assert_eq!(written, ["app/marker", "build/marker", "build/out.o", "core/marker", "lib/marker"]);
 }
 
 #[test]
@@ -126,21 +139,22 @@ fn kraft_sources_are_read_only() {
     if !bwrap_or_skip("kraft_sources_are_read_only") {
         return;
     }
-    let w = World::new();
-    for (dir, inside) in [("core", "/kraft/unikraft"), ("lib", "/kraft/libs/greet"), ("app", "/kraft/apps/hello")] {
-        for script in [
-            format!("echo evil >> {inside}/marker"),
-            format!("rm -f {inside}/marker"),
-            format!("chmod 777 {inside}/marker"),
-            format!("mv {inside}/marker {inside}/moved"),
-            format!("mkdir {inside}/sub"),
-        ] {
-            let (ok, out) = w.run(&script);
-            assert!(!ok, "`{script}` succeeded: {out}");
+    for w in World::both() {
+        for (dir, inside) in [("core", "/kraft/unikraft"), ("lib", "/kraft/libs/greet"), ("app", "/kraft/apps/hello")] {
+            for script in [
+                format!("echo evil >> {inside}/marker"),
+                format!("rm -f {inside}/marker"),
+                format!("chmod 777 {inside}/marker"),
+                format!("mv {inside}/marker {inside}/moved"),
+                format!("mkdir {inside}/sub"),
+            ] {
+                let (ok, out) = w.run(&script);
+                assert!(!ok, "`{script}` succeeded: {out}");
+            }
+            assert_eq!(std::fs::read_to_string(w.root.join(dir).join("marker")).unwrap(), format!("{dir}\n"));
+            let (ok, out) = w.run(&format!("cat {inside}/marker"));
+            assert!(ok && out == format!("{dir}\n"), "{out}");
         }
-        assert_eq!(std::fs::read_to_string(w.root.join(dir).join("marker")).unwrap(), format!("{dir}\n"));
-        let (ok, out) = w.run(&format!("cat {inside}/marker"));
-        assert!(ok && out == format!("{dir}\n"), "{out}");
     }
 }
 
@@ -149,15 +163,70 @@ fn no_controlling_terminal_inside() {
     if !bwrap_or_skip("no_controlling_terminal_inside") {
         return;
     }
-    let w = World::new();
-    // --new-session: the command is a session leader without a terminal.
-    let (_, out) = w.run("if (exec 3</dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi");
-    assert_eq!(out.trim(), "no-tty");
+    for w in World::both() {
+        // --new-session: the command is a session leader without a terminal.
+        let (_, out) = w.run("if (exec 3</dev/tty) 2>/dev/null; then echo tty; else echo no-tty; fi");
+        assert_eq!(out.trim(), "no-tty");
+    }
 }
 
 /// A directory holding the host tools `xtask` itself needs (cargo for
 /// `cargo metadata`) and those the host-program check asks for, but not
 /// `bwrap`.
+#[test]
+fn a_resident_sandbox_forgets_each_action() {
+    if !bwrap_or_skip("a_resident_sandbox_forgets_each_action") {
+        return;
+    }
+    let [w, _] = World::both();
+    // Leave files in /tmp and /dev/shm, and processes behind: one in the
+    // background, one in a session of its own.
+    let (ok, out) = w.run(
+        "echo left > /tmp/left; mkdir -p /tmp/dir/sub; echo left > /dev/shm/left; \
+         (sleep 300 &); setsid sleep 301 > /dev/null 2>&1 < /dev/null & echo started",
+    );
+    assert!(ok && out.trim() == "started", "{out}");
+    let (ok, out) = w.run(
+        "ls -A /tmp /dev/shm; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && echo running; done; true",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out, "/dev/shm:\n\n/tmp:\n", "the next action saw what the last one left");
+}
+
+#[test]
+fn a_resident_sandbox_answers_as_a_fresh_one() {
+    if !bwrap_or_skip("a_resident_sandbox_answers_as_a_fresh_one") {
+        return;
+    }
+    let answers: Vec<Vec<String>> = World::both()
+        .iter()
+        .map(|w| {
+            let mut seen = Vec::new();
+            for script in [
+                "env | sort; pwd; umask",
+                "echo out; echo err >&2; exit 3",
+                "printf 'no newline'",
+                "kill -9 $$",
+                "cd /kraft/unikraft && pwd && ls",
+                "head -c 70000 /dev/zero | tr '\\0' x; echo done >&2",
+            ] {
+                let out = w.sandbox.run(script, Utf8Path::new("/kraft/build")).unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                // Long output as its length: a difference stays readable.
+                let stdout = if stdout.len() > 1000 { format!("{} bytes", stdout.len()) } else { stdout.to_string() };
+                seen.push(format!("{script}: {:?} {stdout:?} {:?}", out.status, String::from_utf8_lossy(&out.stderr)));
+            }
+            seen
+        })
+        .collect();
+    assert_eq!(answers[0], answers[1]);
+    // A missing working directory fails the action, not the runner.
+    let [w, _] = World::both();
+    let out = w.sandbox.run("true", Utf8Path::new("/kraft/build/missing")).unwrap();
+    assert!(!out.status.success());
+    assert!(w.run("echo still here").1.contains("still here"));
+}
+
 fn path_without_bwrap(dir: &Utf8Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     for tool in ["cargo", "rustc", "git", "make", "gcc", "flex", "bison", "python3"] {

@@ -38,6 +38,9 @@ pub struct Config {
     pub archive_dir: Option<Utf8PathBuf>,
     pub sandbox: Option<String>,
     pub sandbox_path: Option<String>,
+    /// `KRAFT_SANDBOX_RESIDENT=0`: a sandbox per action instead of one
+    /// long-lived sandbox per worker (`exec::resident`).
+    pub sandbox_per_action: bool,
     /// `PATH`, where `doctor` looks host programs up.
     pub path: Option<OsString>,
     pub remote_cache: Option<String>,
@@ -80,6 +83,7 @@ impl Config {
             archive_dir: path("KRAFT_ARCHIVE_DIR"),
             sandbox: text("KRAFT_SANDBOX"),
             sandbox_path: text("KRAFT_SANDBOX_PATH"),
+            sandbox_per_action: matches!(text("KRAFT_SANDBOX_RESIDENT").as_deref().map(str::trim), Some("0" | "false" | "no" | "off")),
             path: std::env::var_os("PATH"),
             remote_cache: std::env::var("KRAFT_REMOTE_CACHE").ok(),
             remote_upload: yes("KRAFT_REMOTE_UPLOAD"),

@@ -68,9 +68,10 @@ impl Clock {
         out
     }
 
-    /// Count one sandboxed command (for the sandbox-start estimate).
-    pub fn note_spawn(&self) {
-        self.spawns.fetch_add(1, Ordering::Relaxed);
+    /// Count sandbox starts (for the sandbox-start estimate): one per
+    /// command, or one per worker with a resident sandbox.
+    pub fn note_spawns(&self, n: usize) {
+        self.spawns.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Timings {
@@ -100,7 +101,7 @@ pub struct Timings {
     pub restore_s: f64,
     pub store_write_s: f64,
     pub cache_write_s: f64,
-    /// Commands spawned in the sandbox (each pays a namespace setup).
+    /// Sandboxes started for actions (each pays a namespace setup).
     pub spawns: usize,
 }
 
@@ -133,7 +134,7 @@ mod tests {
         clock.add(Phase::Compile, Duration::from_millis(1500));
         clock.add(Phase::Compile, Duration::from_millis(500));
         clock.add(Phase::Restore, Duration::from_millis(250));
-        clock.note_spawn();
+        clock.note_spawns(1);
         let t = clock.snapshot();
         assert_eq!((t.compile_s, t.restore_s, t.spawns), (2.0, 0.25, 1));
         assert_eq!(t.plus(&t).compile_s, 4.0);

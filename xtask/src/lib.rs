@@ -19,6 +19,8 @@ use flags::{Command, Flags};
 /// The whole CLI: flags from the process's arguments, the workspace found
 /// from the current directory. Returns the process's exit code.
 pub fn main() -> ExitCode {
+    // Inside a sandbox this binary may be the runner of many actions.
+    kraft::exec::resident::serve_or_register();
     let flags = Flags::parse();
     let output = Output::new(flags.global.message_format);
     match run(flags) {

@@ -206,8 +206,10 @@ impl Shared<'_> {
         let waited_before = super::slots::waited();
         let local = || {
             let _slot = self.local_slots.take();
-            self.clock.note_spawn();
-            self.runner.run(&action.script, &action.cwd)
+            let starts = super::sandbox::starts_on_this_thread();
+            let output = self.runner.run(&action.script, &action.cwd);
+            self.clock.note_spawns(super::sandbox::starts_on_this_thread() - starts);
+            output
         };
         let began = std::time::Instant::now();
         let (output, remote_hit) = match self.reapi {

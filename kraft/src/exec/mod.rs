@@ -32,6 +32,7 @@
 //! | `lock.rs` | build-directory locks that wait |
 //! | `slots.rs` | at most `-j` local commands while more actions wait on the network |
 //! | `sandbox.rs` | spawning commands (bwrap or the host) |
+//! | `resident.rs` | one long-lived sandbox per worker thread, running many actions |
 //! | `explain.rs` | why the last build did what it did |
 //! | `remote/` | actions as REAPI Actions: remote cache, remote execution, the worker |
 
@@ -43,6 +44,7 @@ pub mod fingerprint;
 pub mod mounts;
 pub mod noop;
 pub mod remote;
+pub mod resident;
 pub mod sandbox;
 mod scheduler;
 pub mod stat_cache;

@@ -73,9 +73,25 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub struct Sandbox {
+    /// Which sandbox this is, for the resident runners (clones share it:
+    /// same mounts, same environment).
+    id: u64,
+    /// Whether `run` may use this thread's resident sandbox
+    /// (`exec::resident`), when a runner is registered.
+    resident: bool,
     mounts: MountMap,
     env: Vec<(String, String)>,
     backend: Backend,
+}
+
+thread_local! {
+    static STARTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sandboxes started (or, without bwrap, commands spawned) by this thread
+/// so far: what the build's timings count as sandbox starts.
+pub(crate) fn starts_on_this_thread() -> usize {
+    STARTS.with(std::cell::Cell::get)
 }
 
 /// The fixed part of every build command's environment.
@@ -114,7 +130,19 @@ impl Sandbox {
         if backend == Backend::None {
             warn_unsandboxed();
         }
-        Ok(Sandbox { mounts, env, backend })
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Sandbox { id, resident: true, mounts, env, backend })
+    }
+
+    /// Never a resident sandbox: every `run` starts bwrap afresh.
+    pub fn per_action(mut self) -> Sandbox {
+        self.resident = false;
+        self
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn backend(&self) -> &str {
@@ -140,6 +168,11 @@ impl Sandbox {
     /// Runs `bash -c script` with `cwd` (an inside path) as working
     /// directory; stdout and stderr are captured, stdin is empty.
     pub fn run(&self, script: &str, cwd: &Utf8Path) -> Result<Output> {
+        if self.backend == Backend::Bwrap && self.resident {
+            if let Some(result) = crate::exec::resident::run(self, script, cwd) {
+                return result;
+            }
+        }
         let mut cmd = self.command(script, cwd)?;
         cmd.stdin(Stdio::null());
         cmd.output().with_context(|| format!("spawning build command ({} sandbox)", self.backend()))
@@ -150,42 +183,11 @@ impl Sandbox {
         let mut cmd;
         match self.backend {
             Backend::Bwrap => {
-                cmd = Command::new("bwrap");
-                cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]);
-                for (k, v) in self.full_env() {
-                    cmd.arg("--setenv").arg(k).arg(v);
-                }
-                cmd.args(["--ro-bind", "/usr", "/usr"]);
-                for dir in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
-                    let p = std::path::Path::new(dir);
-                    match std::fs::symlink_metadata(p) {
-                        Ok(md) if md.file_type().is_symlink() => {
-                            let target = std::fs::read_link(p).with_context(|| format!("reading the symlink {dir}"))?;
-                            cmd.arg("--symlink").arg(target).arg(dir);
-                        }
-                        Ok(md) if md.is_dir() => {
-                            cmd.args(["--ro-bind", dir, dir]);
-                        }
-                        _ => {}
-                    }
-                }
-                cmd.args(["--ro-bind", "/etc", "/etc", "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]);
-                // On Nix systems the toolchain lives in the store (see KRAFT_SANDBOX_PATH).
-                if std::path::Path::new("/nix/store").is_dir() {
-                    cmd.args(["--ro-bind", "/nix/store", "/nix/store"]);
-                }
-                for m in self.mounts.mounts() {
-                    cmd.arg(if m.writable { "--bind" } else { "--ro-bind" });
-                    cmd.arg(&m.host).arg(&m.inside);
-                }
-                // The tmpfs root itself (where bwrap made `/kraft`) read-only
-                // too: the build dir and the private /tmp are all that can
-                // be written.
-                cmd.args(["--remount-ro", "/"]);
-                cmd.arg("--chdir").arg(cwd);
+                cmd = self.bwrap(&[], cwd)?;
                 cmd.args(["bash", "-c", script]);
             }
             Backend::None => {
+                STARTS.with(|n| n.set(n.get() + 1));
                 let host_cwd = self
                     .to_host(cwd)
                     .with_context(|| format!("working directory {cwd} is not in a sandbox mount"))?;
@@ -197,6 +199,50 @@ impl Sandbox {
                 cmd.current_dir(host_cwd).arg("-c").arg(self.rewrite_to_host(script));
             }
         }
+        Ok(cmd)
+    }
+
+    /// `bwrap` with this sandbox's layout and environment, up to the
+    /// program to run; `extra` files are bound read-only at the given
+    /// inside paths (the resident runner).
+    pub(crate) fn bwrap(&self, extra: &[(&Utf8Path, &str)], cwd: &Utf8Path) -> Result<Command> {
+        STARTS.with(|n| n.set(n.get() + 1));
+        let mut cmd = Command::new("bwrap");
+        cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]);
+        for (k, v) in self.full_env() {
+            cmd.arg("--setenv").arg(k).arg(v);
+        }
+        cmd.args(["--ro-bind", "/usr", "/usr"]);
+        for dir in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            let p = std::path::Path::new(dir);
+            match std::fs::symlink_metadata(p) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    let target = std::fs::read_link(p).with_context(|| format!("reading the symlink {dir}"))?;
+                    cmd.arg("--symlink").arg(target).arg(dir);
+                }
+                Ok(md) if md.is_dir() => {
+                    cmd.args(["--ro-bind", dir, dir]);
+                }
+                _ => {}
+            }
+        }
+        cmd.args(["--ro-bind", "/etc", "/etc", "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]);
+        // On Nix systems the toolchain lives in the store (see KRAFT_SANDBOX_PATH).
+        if std::path::Path::new("/nix/store").is_dir() {
+            cmd.args(["--ro-bind", "/nix/store", "/nix/store"]);
+        }
+        for m in self.mounts.mounts() {
+            cmd.arg(if m.writable { "--bind" } else { "--ro-bind" });
+            cmd.arg(&m.host).arg(&m.inside);
+        }
+        for (host, inside) in extra {
+            cmd.arg("--ro-bind").arg(host).arg(inside);
+        }
+        // The tmpfs root itself (where bwrap made `/kraft`) read-only
+        // too: the build dir and the private /tmp are all that can
+        // be written.
+        cmd.args(["--remount-ro", "/"]);
+        cmd.arg("--chdir").arg(cwd);
         Ok(cmd)
     }
 

@@ -13,7 +13,8 @@ use kraft::exec::sandbox::Sandbox;
 pub fn sandbox_start_seconds(n: usize) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let host = Utf8Path::from_path(dir.path()).expect("utf-8 temp dir").to_owned();
-    let sandbox = Sandbox::new(vec![kraft::exec::sandbox::Mount::rw(host, "/kraft/build")], Vec::new())?;
+    // A start each time, not this thread's resident sandbox.
+    let sandbox = Sandbox::new(vec![kraft::exec::sandbox::Mount::rw(host, "/kraft/build")], Vec::new())?.per_action();
     let cwd = Utf8Path::new("/kraft/build");
     let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         let mut times = Vec::with_capacity(n);

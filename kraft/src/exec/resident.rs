@@ -1,0 +1,302 @@
+//! One long-lived sandbox per worker thread, running many actions.
+//!
+//! Starting bubblewrap costs 4–12 ms of namespace and mount setup per
+//! command; musl's ~1,200 compiles take ~30 ms each, so a fresh sandbox per
+//! action is a third of the work. Instead, each worker thread starts one
+//! bwrap with the target's layout ([`Sandbox`]) running a small server, the
+//! *runner* (this crate's own binary, bound read-only at [`RUNNER_INSIDE`]),
+//! and hands it one action at a time over a pipe.
+//!
+//! What an action sees is the same as in a sandbox of its own:
+//!
+//! | per-action sandbox                        | resident sandbox                                      |
+//! |-------------------------------------------|-------------------------------------------------------|
+//! | same mounts, env, namespaces, read-only root | the same: one bwrap command line builds both        |
+//! | a fresh, empty `/tmp` (and `/dev/shm`)    | emptied after every action, before the next starts    |
+//! | no process outlives the action            | every process but the runner is killed after each action (the sandbox has its own PID namespace, so `/proc` lists exactly them) |
+//! | stdin empty; stdout and stderr captured   | the same, by the runner                               |
+//!
+//! so the backend, and with it every action key, is the same either way;
+//! `tests/sandbox.rs` builds with both and compares the image bytes.
+//!
+//! The runner is used only when the process registered its own executable
+//! ([`serve_or_register`], called first thing by the xtask CLI) and
+//! `KRAFT_SANDBOX_RESIDENT` is not `0`. If it cannot start, one warning is
+//! printed and actions get a sandbox each, as before.
+//!
+//! Protocol (host → runner): a little-endian `u32` length, then a JSON
+//! [`Request`]. Runner → host: the raw wait status (`i32`), then stdout and
+//! stderr, each as a `u32` length and its bytes. End of input ends the runner.
+
+use std::cell::RefCell;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+
+use crate::exec::sandbox::Sandbox;
+
+/// The argument that makes this crate's binary serve as a runner.
+pub const RUNNER_ARG: &str = "__kraft-sandbox-runner";
+/// Where the runner binary appears inside the sandbox (outside `/kraft`,
+/// so nothing that lists the build's tree sees it).
+pub const RUNNER_INSIDE: &str = "/.kraft-sandbox-runner";
+
+static RUNNER_EXE: OnceLock<Utf8PathBuf> = OnceLock::new();
+
+/// Called first by a binary that can serve as the runner: with
+/// [`RUNNER_ARG`] it serves and exits; otherwise it registers itself as the
+/// runner for this process's sandboxes.
+pub fn serve_or_register() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == RUNNER_ARG) {
+        std::process::exit(match serve() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("kraft sandbox runner: {e:#}");
+                1
+            }
+        });
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // A binary replaced while running (`/proc/self/exe` then ends in
+        // " (deleted)") cannot be bound: actions get a sandbox each.
+        if let Ok(exe) = Utf8PathBuf::from_path_buf(exe) {
+            if exe.is_file() {
+                register(exe);
+            }
+        }
+    }
+}
+
+/// Use `exe` (a binary that calls [`serve_or_register`]) as the runner.
+pub fn register(exe: Utf8PathBuf) {
+    let _ = RUNNER_EXE.set(exe);
+}
+
+fn runner_exe() -> Option<&'static Utf8Path> {
+    let per_action = crate::config::Config::get().sandbox_per_action;
+    RUNNER_EXE.get().map(|p| p.as_path()).filter(|_| !per_action)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    script: String,
+    cwd: Utf8PathBuf,
+}
+
+/// A running runner in one sandbox.
+struct Resident {
+    sandbox: u64,
+    child: Child,
+    to: ChildStdin,
+    from: BufReader<ChildStdout>,
+}
+
+thread_local! {
+    static RESIDENT: RefCell<Option<Resident>> = const { RefCell::new(None) };
+}
+
+/// Runs `script` in this thread's resident sandbox for `sandbox`, starting
+/// it if needed. `None`: no runner is registered, or it could not start
+/// (warned once); the caller spawns a sandbox of its own.
+pub(crate) fn run(sandbox: &Sandbox, script: &str, cwd: &Utf8Path) -> Option<Result<Output>> {
+    let exe = runner_exe()?;
+    RESIDENT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_none_or(|r| r.sandbox != sandbox.id()) {
+            // Another target's sandbox (or none): replace it.
+            *slot = None;
+            match Resident::start(sandbox, exe) {
+                Ok(r) => *slot = Some(r),
+                Err(e) => {
+                    warn_once(&e);
+                    return None;
+                }
+            }
+        }
+        let resident = slot.as_mut().expect("started above");
+        let result = resident.run(script, cwd);
+        if result.is_err() {
+            // A runner that broke the protocol is not reused.
+            *slot = None;
+        }
+        Some(result)
+    })
+}
+
+fn warn_once(e: &anyhow::Error) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| eprintln!("warning: cannot start a long-lived sandbox ({e:#}); each action starts its own"));
+}
+
+impl Resident {
+    fn start(sandbox: &Sandbox, exe: &Utf8Path) -> Result<Resident> {
+        let mut cmd = sandbox.bwrap(&[(exe, RUNNER_INSIDE)], Utf8Path::new("/"))?;
+        cmd.args([RUNNER_INSIDE, RUNNER_ARG]);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("spawning bwrap")?;
+        let to = child.stdin.take().expect("piped");
+        let from = BufReader::new(child.stdout.take().expect("piped"));
+        let mut resident = Resident { sandbox: sandbox.id(), child, to, from };
+        // One round trip proves the runner is up inside the sandbox.
+        let hello = resident.run("true", Utf8Path::new("/")).context("starting the runner")?;
+        if !hello.status.success() {
+            bail!("the runner's first command failed: {}", String::from_utf8_lossy(&hello.stderr).trim());
+        }
+        Ok(resident)
+    }
+
+    fn run(&mut self, script: &str, cwd: &Utf8Path) -> Result<Output> {
+        let request = serde_json::to_vec(&Request { script: script.to_string(), cwd: cwd.to_owned() })?;
+        let sent = write_frame(&mut self.to, &request).and_then(|()| self.to.flush());
+        let answer = sent.and_then(|()| read_answer(&mut self.from));
+        answer.map_err(|e| {
+            let status = self.child.try_wait().ok().flatten();
+            anyhow::anyhow!("the sandbox runner stopped answering ({e}; bwrap {status:?})")
+        })
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        // bwrap's sandbox dies with it (`--die-with-parent`).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_frame(to: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame over 4 GiB"))?;
+    to.write_all(&len.to_le_bytes())?;
+    to.write_all(bytes)
+}
+
+fn read_frame(from: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    from.read_exact(&mut len)?;
+    let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
+    from.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn read_answer(from: &mut impl Read) -> std::io::Result<Output> {
+    let mut status = [0u8; 4];
+    from.read_exact(&mut status)?;
+    let stdout = read_frame(from)?;
+    let stderr = read_frame(from)?;
+    Ok(Output { status: ExitStatus::from_raw(i32::from_le_bytes(status)), stdout, stderr })
+}
+
+/// The runner: inside the sandbox, one action per request, then clean up.
+fn serve() -> Result<()> {
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    loop {
+        let request = match read_frame(&mut input) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e).context("reading a request"),
+        };
+        let request: Request = serde_json::from_slice(&request).context("decoding a request")?;
+        let out = run_one(&request).unwrap_or_else(|e| Output {
+            // As a fresh bwrap would: it cannot exec, or the directory is missing.
+            status: ExitStatus::from_raw(1 << 8),
+            stdout: Vec::new(),
+            stderr: format!("kraft sandbox runner: cannot run the command in {}: {e}\n", request.cwd).into_bytes(),
+        });
+        empty_dir("/tmp");
+        empty_dir("/dev/shm");
+        output.write_all(&out.status.into_raw().to_le_bytes())?;
+        write_frame(&mut output, &out.stdout)?;
+        write_frame(&mut output, &out.stderr)?;
+        output.flush()?;
+    }
+}
+
+/// One action: `bash -c script`. When bash exits, whatever it left running
+/// is killed, as bwrap does when its command exits, so a background
+/// process holding the output pipes cannot hold the action open.
+fn run_one(request: &Request) -> std::io::Result<Output> {
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(&request.script)
+        .current_dir(&request.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = child.wait();
+    kill_strays();
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    // A command killed by a signal: bwrap reports it as exit 128 + signal.
+    let status = status?;
+    let status = match status.signal() {
+        Some(signal) => ExitStatus::from_raw((128 + signal) << 8),
+        None => status,
+    };
+    Ok(Output { status, stdout, stderr })
+}
+
+/// Kills every process in the sandbox's PID namespace but bwrap's reaper
+/// (PID 1) and the runner, and waits until they are gone.
+fn kill_strays() {
+    let me = std::process::id();
+    for _round in 0..100 {
+        let mut left = 0;
+        for pid in proc_pids() {
+            if pid != 1 && pid != me {
+                // SAFETY: kill(2) with a PID from this namespace's /proc.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                left += 1;
+            }
+        }
+        if left == 0 {
+            return;
+        }
+        // Killed processes linger until the reaper collects them.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn proc_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid| !is_zombie(*pid))
+        .collect()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        // Gone between the listing and the read: as good as reaped.
+        .unwrap_or(true)
+}
+
+fn empty_dir(dir: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+    }
+}
