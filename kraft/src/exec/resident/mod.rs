@@ -28,10 +28,13 @@
 //! [`Request`]. Runner → host: the raw wait status (`i32`), then stdout and
 //! stderr, each as a `u32` length and its bytes. End of input ends the runner.
 
+mod runner;
+mod simple;
+
 use std::cell::RefCell;
 use std::io::{BufReader, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStdin, ChildStdout, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
@@ -53,7 +56,7 @@ static RUNNER_EXE: OnceLock<Utf8PathBuf> = OnceLock::new();
 /// runner for this process's sandboxes.
 pub fn serve_or_register() {
     if std::env::args_os().nth(1).is_some_and(|a| a == RUNNER_ARG) {
-        std::process::exit(match serve() {
+        std::process::exit(match runner::serve() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("kraft sandbox runner: {e:#}");
@@ -83,9 +86,9 @@ fn runner_exe() -> Option<&'static Utf8Path> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Request {
-    script: String,
-    cwd: Utf8PathBuf,
+pub(super) struct Request {
+    pub script: String,
+    pub cwd: Utf8PathBuf,
 }
 
 /// A running runner in one sandbox.
@@ -169,13 +172,13 @@ impl Drop for Resident {
     }
 }
 
-fn write_frame(to: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_frame(to: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame over 4 GiB"))?;
     to.write_all(&len.to_le_bytes())?;
     to.write_all(bytes)
 }
 
-fn read_frame(from: &mut impl Read) -> std::io::Result<Vec<u8>> {
+pub(super) fn read_frame(from: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     from.read_exact(&mut len)?;
     let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
@@ -189,114 +192,4 @@ fn read_answer(from: &mut impl Read) -> std::io::Result<Output> {
     let stdout = read_frame(from)?;
     let stderr = read_frame(from)?;
     Ok(Output { status: ExitStatus::from_raw(i32::from_le_bytes(status)), stdout, stderr })
-}
-
-/// The runner: inside the sandbox, one action per request, then clean up.
-fn serve() -> Result<()> {
-    let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
-    loop {
-        let request = match read_frame(&mut input) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e).context("reading a request"),
-        };
-        let request: Request = serde_json::from_slice(&request).context("decoding a request")?;
-        let out = run_one(&request).unwrap_or_else(|e| Output {
-            // As a fresh bwrap would: it cannot exec, or the directory is missing.
-            status: ExitStatus::from_raw(1 << 8),
-            stdout: Vec::new(),
-            stderr: format!("kraft sandbox runner: cannot run the command in {}: {e}\n", request.cwd).into_bytes(),
-        });
-        empty_dir("/tmp");
-        empty_dir("/dev/shm");
-        output.write_all(&out.status.into_raw().to_le_bytes())?;
-        write_frame(&mut output, &out.stdout)?;
-        write_frame(&mut output, &out.stderr)?;
-        output.flush()?;
-    }
-}
-
-/// One action: `bash -c script`. When bash exits, whatever it left running
-/// is killed, as bwrap does when its command exits, so a background
-/// process holding the output pipes cannot hold the action open.
-fn run_one(request: &Request) -> std::io::Result<Output> {
-    let mut child = Command::new("bash")
-        .arg("-c")
-        .arg(&request.script)
-        .current_dir(&request.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let status = child.wait();
-    kill_strays();
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    // A command killed by a signal: bwrap reports it as exit 128 + signal.
-    let status = status?;
-    let status = match status.signal() {
-        Some(signal) => ExitStatus::from_raw((128 + signal) << 8),
-        None => status,
-    };
-    Ok(Output { status, stdout, stderr })
-}
-
-/// Kills every process in the sandbox's PID namespace but bwrap's reaper
-/// (PID 1) and the runner, and waits until they are gone.
-fn kill_strays() {
-    let me = std::process::id();
-    for _round in 0..100 {
-        let mut left = 0;
-        for pid in proc_pids() {
-            if pid != 1 && pid != me {
-                // SAFETY: kill(2) with a PID from this namespace's /proc.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                left += 1;
-            }
-        }
-        if left == 0 {
-            return;
-        }
-        // Killed processes linger until the reaper collects them.
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
-fn proc_pids() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|pid| !is_zombie(*pid))
-        .collect()
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        // Gone between the listing and the read: as good as reaped.
-        .unwrap_or(true)
-}
-
-fn empty_dir(dir: &str) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let _ = match entry.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
-            _ => std::fs::remove_file(&path),
-        };
-    }
 }
