@@ -78,6 +78,7 @@ fn workspace() -> Workspace {
         unit_rules: vec![UnitRule { lib: "libgreet".into(), split_by_dir_prefix: Some("libgreet/origin/*".into()) }],
         component_hashes: vec![("unikraft".into(), core_tree), ("lib:greet".into(), greet_tree)],
         make_vars: vec![],
+        jobs: 2,
     };
     Workspace { _dir: dir, root, input }
 }
@@ -214,6 +215,7 @@ fn real_unikraft_helloworld() {
         unit_rules: plan::default_unit_rules(),
         component_hashes: vec![],
         make_vars: vec![],
+        jobs: 2,
     };
     let p = plan::plan(&input, None).unwrap();
     let (total, kinds, units) = plan::summary(&p.graph);

@@ -135,6 +135,7 @@ pub fn prepare(session: &Session, locked: &LockedApp, trees: &[(String, Utf8Path
         unit_rules,
         component_hashes,
         make_vars,
+        jobs: session.jobs,
     };
     let image_name = format!("{app_name}_{}", target.dir_name());
     let origins = crate::source::origins::AppOrigins { app: locked.app.name.clone(), lock_path: locked.lock_path.clone() };

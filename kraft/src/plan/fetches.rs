@@ -167,6 +167,9 @@ fn parse_log(log: &str, build: &Utf8Path, staged: &[StagedOrigin]) -> Result<(Ve
             None => missing.push(OriginFetch { dest: rel, urls: vec![url.to_string()] }),
         }
     }
+    // Under `make -j` the libraries' downloads finish in any order.
+    placed.sort_by(|a, b| a.dest.cmp(&b.dest));
+    missing.sort_by(|a, b| a.dest.cmp(&b.dest));
     Ok((placed, missing))
 }
 

@@ -108,6 +108,12 @@ pub struct PlanInput {
     /// description files and `recipe:<name>`, their recipe's blake3 (see
     /// [`plan_key`]).
     pub component_hashes: Vec<(String, String)>,
+    /// Parallel jobs for the make runs that do work (`defconfig` builds the
+    /// kconfig tools, `fetch prepare` unpacks and patches). Not a key input:
+    /// Unikraft's makefiles are built with `-j` by kraftkit and by hand, and
+    /// the prepared tree is the same either way (compared file by file on
+    /// helloworld+musl).
+    pub jobs: usize,
     /// Variables on make's command line, overriding the makefiles' own:
     /// what would otherwise come from the clock or from `git` in the tree
     /// (`HOSTUTC`, `UK_FULLVERSION`), fixed from the lock instead.
@@ -206,13 +212,15 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
 
     let make = input.make_command();
     let build = inside_build();
+    let jobs = format!("-j{}", input.jobs.max(1));
     let mut make_runs = 0;
     let mut make_seconds = Vec::new();
     let mut run_make = |args: &str| -> Result<std::process::Output> {
         make_runs += 1;
         let began = Instant::now();
         let out = sandbox.run(&format!("{make} {args}"), &build);
-        make_seconds.push((args.split_whitespace().next().unwrap_or("").to_owned(), began.elapsed().as_secs_f64()));
+        let label = args.split_whitespace().find(|a| !a.starts_with("-j")).unwrap_or("");
+        make_seconds.push((label.to_owned(), began.elapsed().as_secs_f64()));
         out
     };
     let failed = |args: &str, out: &std::process::Output| -> anyhow::Error {
@@ -234,14 +242,14 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
         place_origins(input)?;
         write_defconfig(input)?;
         let args = format!("defconfig UK_DEFCONFIG={build}/kraft.defconfig");
-        let out = run_make(&args)?;
+        let out = run_make(&format!("{jobs} {args}"))?;
         if !out.status.success() {
             return Err(failed(&args, &out));
         }
         let config = std::fs::read_to_string(input.build.join(".config")).context("make defconfig wrote no .config")?;
         let warnings = check_config(&config, &input.defconfig());
         let Some(origins) = origins else {
-            let out = run_make("fetch prepare")?;
+            let out = run_make(&format!("{jobs} fetch prepare"))?;
             if !out.status.success() {
                 return Err(failed("fetch prepare", &out));
             }
@@ -251,7 +259,7 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
         let wget = fetches::stage(&input.build, &build, &staged)?;
         // `-k`: every library's download is tried (and recorded) in one round.
         let args = format!("-k fetch prepare WGET={wget}");
-        let out = run_make(&args)?;
+        let out = run_make(&format!("{jobs} {args}"))?;
         let (placed, missing) = fetches::collect(&input.build, &build, &staged)?;
         if missing.is_empty() {
             if !out.status.success() {
