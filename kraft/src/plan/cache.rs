@@ -75,16 +75,25 @@ pub(crate) fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>
 /// Puts the build dir in the prepared state of `entry` (unless its marker
 /// says it already is). `false`: the entry's tree does not unpack; it is
 /// removed and the caller plans with make.
-pub(crate) fn restore_prepared(entry: &Utf8Path, build: &Utf8Path, key: &str) -> Result<bool> {
+/// Outputs of `graph` already in the build dir stay (see
+/// [`super::bundle::sync_tree`]).
+pub(crate) fn restore_prepared(entry: &Utf8Path, build: &Utf8Path, key: &str, graph: &Graph) -> Result<bool> {
     // A build dir already prepared for this very plan is left as it is:
     // that is what makes a no-op build cost nothing.
     if read_marker(build).as_deref() == Some(key) {
         return Ok(true);
     }
-    clear_dir(build)?;
+    std::fs::create_dir_all(build).with_context(|| format!("creating {build}"))?;
+    let inside = super::inside_build();
+    let keep: std::collections::HashSet<camino::Utf8PathBuf> = graph
+        .actions
+        .iter()
+        .flat_map(|a| a.outputs.iter().chain(a.depfile.iter()))
+        .filter_map(|p| p.strip_prefix(&inside).ok().map(|r| r.to_owned()))
+        .collect();
     let unpacked = std::fs::read(entry.join(PREPARED_FILE))
         .map_err(anyhow::Error::from)
-        .and_then(|bytes| super::bundle::unpack_tree(&bytes, build));
+        .and_then(|bytes| super::bundle::sync_tree(&bytes, build, &keep));
     if unpacked.is_err() {
         let _ = std::fs::remove_dir_all(entry);
         clear_dir(build)?;

@@ -204,7 +204,7 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
     if let Some(entry) = &entry {
         let pinned = |placed: &[PlacedOrigin]| origins.is_none_or(|o| placed.iter().all(|p| o.still_pinned(p)));
         if let Some((graph, warnings)) = load_cached(entry)?.filter(|_| pinned(&cache::load_cached_origins(entry))) {
-            if cache::restore_prepared(entry, &input.build, &key)? {
+            if cache::restore_prepared(entry, &input.build, &key, &graph)? {
                 return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
             }
         }

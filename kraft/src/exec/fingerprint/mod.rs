@@ -127,7 +127,14 @@
 //! bytes come from (`KRAFT_ARCHIVE_DIR`, a mirror, the URL): the lock's
 //! sha256 says which bytes; once the store holds them nothing else is read,
 //! and other bytes under the same URL fail the fetch naming both hashes
-//! (the `origin:` mutations of `check-exact`). Still not covered: tools other
+//! (the `origin:` mutations of `check-exact`). How a command is started is
+//! not in any key either: a sandbox of its own or a worker's resident one,
+//! bash or (for one plain program) a direct exec with bash's `PWD`, `SHLVL`
+//! and `_` (`exec::resident`), and `-j` for the plan's `defconfig` and
+//! `fetch prepare`. Each gives the command the same files, environment and
+//! arguments: `tests/sandbox.rs` compares the answers of both sandboxes, and
+//! `two_clean_builds_in_different_places_are_bit_identical` builds one way
+//! and the other. Still not covered: tools other
 //! than the toolchain that a `Script` action runs (python, sed) are known to
 //! the plan key only by their stamps, and a header newly created earlier in
 //! the include path than the one last found is not noticed (as with ccache).
