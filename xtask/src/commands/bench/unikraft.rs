@@ -383,6 +383,8 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             description: "empty store and output dir, team cache (nginx on loopback) filled by one build, vs make on a fresh checkout".into(),
             ours: Side::new(
                 |_| {
+                    // The app as the fill built it: earlier scenarios edit main.c.
+                    write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
                     if remote_store.exists() {
                         std::fs::remove_dir_all(&remote_store)?;
                     }
@@ -407,6 +409,10 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             description: "empty store and output dir, REAPI action cache (BuildGrid on loopback) filled by one build, vs make on a fresh checkout".into(),
             ours: Side::new(
                 |_| {
+                    // The app as the fill built it: an engine's input root
+                    // holds the whole app tree, so main.c edited by an
+                    // earlier scenario changes every action's digest.
+                    write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
                     if remote_store.exists() {
                         std::fs::remove_dir_all(&remote_store)?;
                     }
