@@ -142,10 +142,6 @@ impl Sandbox {
         self
     }
 
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
     pub fn backend(&self) -> &str {
         match self.backend {
             Backend::Bwrap => "bwrap",
@@ -170,7 +166,8 @@ impl Sandbox {
     /// directory; stdout and stderr are captured, stdin is empty.
     pub fn run(&self, script: &str, cwd: &Utf8Path) -> Result<Output> {
         if self.backend == Backend::Bwrap && self.resident {
-            if let Some(result) = crate::exec::resident::run(self, script, cwd) {
+            let bwrap = |exe: &Utf8Path, inside: &str| self.bwrap(&[(exe, inside)], Utf8Path::new("/"));
+            if let Some(result) = crate::exec::resident::run(self.id, &bwrap, script, cwd) {
                 return result;
             }
         }

@@ -3,7 +3,7 @@
 //! Starting bubblewrap costs 4–12 ms of namespace and mount setup per
 //! command; musl's ~1,200 compiles take ~30 ms each, so a fresh sandbox per
 //! action is a third of the work. Instead, each worker thread starts one
-//! bwrap with the target's layout ([`Sandbox`]) running a small server, the
+//! bwrap with the target's layout (the sandbox's own command line) running a small server, the
 //! *runner* (this crate's own binary, bound read-only at [`RUNNER_INSIDE`]),
 //! and hands it one action at a time over a pipe.
 //!
@@ -24,6 +24,12 @@
 //! `KRAFT_SANDBOX_RESIDENT` is not `0`. If it cannot start, one warning is
 //! printed and actions get a sandbox each, as before.
 //!
+//! | file | concept |
+//! |---|---|
+//! | `mod.rs` | the host side: one runner per worker thread and sandbox, the protocol |
+//! | `runner.rs` | the runner inside: run, clean up, answer |
+//! | `simple.rs` | commands that need no shell, and what bash would give them |
+//!
 //! Protocol (host → runner): a little-endian `u32` length, then a JSON
 //! [`Request`]. Runner → host: the raw wait status (`i32`), then stdout and
 //! stderr, each as a `u32` length and its bytes. End of input ends the runner.
@@ -34,14 +40,13 @@ mod simple;
 use std::cell::RefCell;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStdin, ChildStdout, ExitStatus, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::exec::sandbox::Sandbox;
 
 /// The argument that makes this crate's binary serve as a runner.
 pub const RUNNER_ARG: &str = "__kraft-sandbox-runner";
@@ -103,17 +108,24 @@ thread_local! {
     static RESIDENT: RefCell<Option<Resident>> = const { RefCell::new(None) };
 }
 
-/// Runs `script` in this thread's resident sandbox for `sandbox`, starting
-/// it if needed. `None`: no runner is registered, or it could not start
-/// (warned once); the caller spawns a sandbox of its own.
-pub(crate) fn run(sandbox: &Sandbox, script: &str, cwd: &Utf8Path) -> Option<Result<Output>> {
+/// Runs `script` in this thread's resident sandbox for the sandbox `id`,
+/// starting it if needed with `bwrap`: the sandbox's bwrap command, with
+/// the runner binary bound at the given inside path, up to the program.
+/// `None`: no runner is registered, or it could not start (warned once);
+/// the caller spawns a sandbox of its own.
+pub(crate) fn run(
+    id: u64,
+    bwrap: &dyn Fn(&Utf8Path, &str) -> Result<Command>,
+    script: &str,
+    cwd: &Utf8Path,
+) -> Option<Result<Output>> {
     let exe = runner_exe()?;
     RESIDENT.with(|slot| {
         let mut slot = slot.borrow_mut();
-        if slot.as_ref().is_none_or(|r| r.sandbox != sandbox.id()) {
+        if slot.as_ref().is_none_or(|r| r.sandbox != id) {
             // Another target's sandbox (or none): replace it.
             *slot = None;
-            match Resident::start(sandbox, exe) {
+            match Resident::start(id, bwrap, exe) {
                 Ok(r) => *slot = Some(r),
                 Err(e) => {
                     warn_once(&e);
@@ -137,14 +149,14 @@ fn warn_once(e: &anyhow::Error) {
 }
 
 impl Resident {
-    fn start(sandbox: &Sandbox, exe: &Utf8Path) -> Result<Resident> {
-        let mut cmd = sandbox.bwrap(&[(exe, RUNNER_INSIDE)], Utf8Path::new("/"))?;
+    fn start(id: u64, bwrap: &dyn Fn(&Utf8Path, &str) -> Result<Command>, exe: &Utf8Path) -> Result<Resident> {
+        let mut cmd = bwrap(exe, RUNNER_INSIDE)?;
         cmd.args([RUNNER_INSIDE, RUNNER_ARG]);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("spawning bwrap")?;
         let to = child.stdin.take().expect("piped");
         let from = BufReader::new(child.stdout.take().expect("piped"));
-        let mut resident = Resident { sandbox: sandbox.id(), child, to, from };
+        let mut resident = Resident { sandbox: id, child, to, from };
         // One round trip proves the runner is up inside the sandbox.
         let hello = resident.run("true", Utf8Path::new("/")).context("starting the runner")?;
         if !hello.status.success() {
