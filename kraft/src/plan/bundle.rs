@@ -50,18 +50,6 @@ pub fn pack_tree(dir: &Utf8Path, dest: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
-/// Unpacks a tree packed by [`pack_tree`] into the existing directory `dir`.
-/// Files get the current time (as a copy would), not the packed one.
-pub fn unpack_tree(packed: &[u8], dir: &Utf8Path) -> Result<()> {
-    let decoder = zstd::stream::read::Decoder::new(packed).context("reading a packed tree")?;
-    let mut tar = tar::Archive::new(decoder.take(MAX_UNPACKED));
-    tar.set_preserve_permissions(true);
-    tar.set_preserve_mtime(false);
-    // `unpack` refuses absolute paths, `..` and writes through symlinks
-    // that leave the directory.
-    tar.unpack(dir).with_context(|| format!("unpacking a packed tree into {dir}"))
-}
-
 /// Makes `dir` hold exactly the tree packed by [`pack_tree`], plus the
 /// existing files named in `keep` (relative paths: the outputs of the plan
 /// the tree belongs to, which the executor then checks by content). Unlike
@@ -70,6 +58,8 @@ pub fn unpack_tree(packed: &[u8], dir: &Utf8Path) -> Result<()> {
 /// two configurations rewrites only what differs, and the other outputs
 /// stay in place for the executor to find up to date. Everything else in
 /// `dir` is removed, so what a command can see is what a fresh unpack shows.
+/// Into an empty `dir` with nothing to keep, it is a plain unpack. Files get
+/// the current time (as a copy would), not the packed one.
 pub fn sync_tree(packed: &[u8], dir: &Utf8Path, keep: &HashSet<Utf8PathBuf>) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let decoder = zstd::stream::read::Decoder::new(packed).context("reading a packed tree")?;
@@ -229,7 +219,7 @@ mod tests {
 
         let copy = root.join("b");
         std::fs::create_dir(&copy).unwrap();
-        unpack_tree(&std::fs::read(root.join("t.tar.zst")).unwrap(), &copy).unwrap();
+        sync_tree(&std::fs::read(root.join("t.tar.zst")).unwrap(), &copy, &HashSet::new()).unwrap();
         assert_eq!(std::fs::read(copy.join("libmusl/src/x.c")).unwrap(), b"int x;");
         assert_eq!(std::fs::read_link(copy.join("libmusl/link")).unwrap().to_str(), Some("src/x.c"));
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(copy.join("conf")).unwrap().permissions());
@@ -240,7 +230,7 @@ mod tests {
     fn a_tree_that_would_leave_its_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let root = Utf8Path::from_path(dir.path()).unwrap();
-        assert!(unpack_tree(b"not zstd", root).is_err());
+        assert!(sync_tree(b"not zstd", root, &HashSet::new()).is_err());
         // A link out of the directory, then a file written through it.
         let mut tar = tar::Builder::new(Vec::new());
         let mut link = tar::Header::new_gnu();
@@ -256,7 +246,6 @@ mod tests {
         let frame = zstd::bulk::compress(&tar.into_inner().unwrap(), 3).unwrap();
         let into = root.join("into");
         std::fs::create_dir(&into).unwrap();
-        assert!(unpack_tree(&frame, &into).is_err());
         assert!(sync_tree(&frame, &into, &HashSet::new()).is_err());
         assert!(!Utf8Path::new("/tmp/kraft-escaped").exists());
     }

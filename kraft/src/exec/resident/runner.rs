@@ -62,17 +62,8 @@ fn run_one(request: &Request) -> std::io::Result<Output> {
         // script without `#!`): bash decides.
         _ => bash().spawn()?,
     };
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            bytes
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let status = child.wait();
     kill_strays();
     let stdout = stdout.join().unwrap_or_default();
@@ -84,6 +75,18 @@ fn run_one(request: &Request) -> std::io::Result<Output> {
         None => status,
     };
     Ok(Output { status, stdout, stderr })
+}
+
+/// Reads a pipe to its end on a thread of its own (stdout and stderr at
+/// once, so neither fills up while the other is read).
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 /// Kills every process in the sandbox's PID namespace but bwrap's reaper
