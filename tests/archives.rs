@@ -76,6 +76,10 @@ fn an_archive_chosen_by_kconfig_is_locked_built_and_rebuilt_offline() {
     assert!(lock.contains(&archive_sha("pick-1.0.tar.gz")), "{lock}");
     assert!(!lock.contains("pick-2.0"), "{lock}");
     assert!(pick.image_says().contains("pick 1.0"));
+    // Got while make waited: `fetch prepare` ran once, not again once pinned.
+    assert!(stderr(&first).contains("(3 make runs"), "{}", stderr(&first));
+    let image = pick.ws.join("target/kraft/app-pick/linuxu-x86_64/pick_linuxu-x86_64");
+    let first_image = std::fs::read(&image).unwrap();
 
     // Rebuild offline with --locked: nothing to fetch, nothing changes.
     let again = pick.run(&["--offline", "--locked"], "build");
@@ -91,6 +95,8 @@ fn an_archive_chosen_by_kconfig_is_locked_built_and_rebuilt_offline() {
     let offline = pick.run_with(&nowhere, &pick.store(), &["--frozen"], "build");
     assert_ok(&offline);
     assert!(pick.image_says().contains("pick 1.0"));
+    // Pinned before make ran or while it ran: the same image.
+    assert_eq!(std::fs::read(&image).unwrap(), first_image, "the image differs from the first build's");
 }
 
 #[test]

@@ -9,12 +9,18 @@
 //! URL, served or missing. `fetch2`'s second URL (tried when the first
 //! fails) is recorded as a fallback of the same destination.
 //!
-//! When something was missing, the caller (an [`OriginProvider`]) gets it
-//! (from the store, `KRAFT_ARCHIVE_DIR`, a mirror or the network), pins it in
-//! `kraft.lock` on first use, and planning starts again from a clean build
-//! dir, now with it staged. So the configuration actually being built decides
-//! which archives are needed, make never downloads anything, and a build whose
-//! archives are all locked runs make no more often than before.
+//! A URL the lock does not pin yet is asked for while make waits: the
+//! script leaves a request in `requests/` and waits for its answer in
+//! `answers/`. The planner, polling beside make ([`answer_requests`]), has
+//! an [`OriginProvider`] get it (from the store, `KRAFT_ARCHIVE_DIR`, a
+//! mirror or the network) and pin it in `kraft.lock` on first use, stages
+//! it, and answers with the staged file; or answers "missing" (refused
+//! under `--locked`, or not found), and the script fails as `wget` would.
+//! A served archive is copied into place the same way whether the lock
+//! pinned it before make ran or while it ran, so the prepared tree is the
+//! same, and a new app's first build runs `make fetch prepare` once.
+//! So the configuration actually being built decides which archives are
+//! needed, and make never downloads anything.
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -71,8 +77,8 @@ pub trait OriginProvider {
     /// Every archive the lock pins, in the store, to serve by URL.
     fn staged(&self) -> Result<Vec<StagedOrigin>>;
     /// Get and pin an archive make asked for that was not staged (or refuse,
-    /// under `--locked`).
-    fn provide(&self, fetch: &OriginFetch) -> Result<()>;
+    /// under `--locked`); what to serve for it.
+    fn provide(&self, fetch: &OriginFetch) -> Result<StagedOrigin>;
     /// Whether a cached plan's archive is still what the lock pins.
     fn still_pinned(&self, placed: &PlacedOrigin) -> bool;
 }
@@ -96,6 +102,15 @@ while [ $# -gt 0 ]; do
     shift
 done
 staged=$(awk -F '	' -v u="$url" '$1 == u { print $2; exit }' "$dir/staged")
+if [ -z "$staged" ] && [ -d "$dir/requests" ]; then
+    # Ask the planner outside the sandbox; it answers with a staged file's
+    # name, or with nothing.
+    printf '%s	%s
+' "$dest" "$url" > "$dir/requests/.$$" && mv "$dir/requests/.$$" "$dir/requests/$$"
+    while [ ! -e "$dir/answers/$$" ]; do sleep 0.02; done
+    staged=$(cat "$dir/answers/$$")
+    rm -f "$dir/answers/$$"
+fi
 if [ -n "$staged" ] && cp "$dir/files/$staged" "$dest"; then
     printf '%s	%s	served
 ' "$dest" "$url" >> "$dir/log"
@@ -103,7 +118,7 @@ if [ -n "$staged" ] && cp "$dir/files/$staged" "$dest"; then
 fi
 printf '%s	%s	missing
 ' "$dest" "$url" >> "$dir/log"
-echo "kraft-xtask: $url is not in kraft.lock yet: it is fetched outside the sandbox, then make runs again" >&2
+echo "kraft-xtask: $url is not in kraft.lock and could not be got for it (the planner says why)" >&2
 exit 1
 "#;
 
@@ -111,24 +126,86 @@ exit 1
 /// returns the `WGET=` value for make (an inside path).
 pub fn stage(build_host: &Utf8Path, build_inside: &Utf8Path, staged: &[StagedOrigin]) -> Result<String> {
     let dir = build_host.join(FETCH_DIR);
-    std::fs::create_dir_all(dir.join("files")).with_context(|| format!("creating {dir}/files"))?;
+    for sub in ["files", "requests", "answers"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {dir}/{sub}"))?;
+    }
     let script = dir.join("wget");
     std::fs::write(&script, WGET_SCRIPT).with_context(|| format!("writing {script}"))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("making {script} executable"))?;
     let mut table = String::new();
     for (i, origin) in staged.iter().enumerate() {
-        let file = dir.join("files").join(i.to_string());
-        // A hard link costs nothing; another filesystem gets a copy.
-        if std::fs::hard_link(&origin.file, &file).is_err() {
-            std::fs::copy(&origin.file, &file).with_context(|| format!("staging {} at {file}", origin.file))?;
-        }
+        stage_file(&dir, i, origin)?;
         table.push_str(&format!("{}	{i}
 ", origin.url));
     }
     std::fs::write(dir.join("staged"), table).with_context(|| format!("writing {dir}/staged"))?;
     std::fs::write(dir.join("log"), "").with_context(|| format!("writing {dir}/log"))?;
     Ok(build_inside.join(FETCH_DIR).join("wget").to_string())
+}
+
+/// Links (or copies) `origin` to `files/<index>`, where the stand-in serves it from.
+fn stage_file(dir: &Utf8Path, index: usize, origin: &StagedOrigin) -> Result<()> {
+    let file = dir.join("files").join(index.to_string());
+    // A hard link costs nothing; another filesystem gets a copy.
+    if std::fs::hard_link(&origin.file, &file).is_err() {
+        std::fs::copy(&origin.file, &file).with_context(|| format!("staging {} at {file}", origin.file))?;
+    }
+    Ok(())
+}
+
+/// Answers every request the stand-in has left since the last call: each
+/// asked-for archive is got through `provider` and staged (appended to
+/// `staged`, which [`collect`] then reads the pins from), or answered
+/// missing. A refusal or failure is kept in `failures` with its
+/// destination, for the caller to report if make never got that file.
+pub fn answer_requests(
+    build_host: &Utf8Path,
+    build_inside: &Utf8Path,
+    staged: &mut Vec<StagedOrigin>,
+    provider: &dyn OriginProvider,
+    failures: &mut Vec<(Utf8PathBuf, anyhow::Error)>,
+) -> Result<()> {
+    let dir = build_host.join(FETCH_DIR);
+    let requests = dir.join("requests");
+    let mut pending: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(&requests).with_context(|| format!("reading {requests}"))? {
+        let name = entry.with_context(|| format!("reading {requests}"))?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            pending.push(name);
+        }
+    }
+    pending.sort();
+    for id in pending {
+        let path = requests.join(&id);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        std::fs::remove_file(&path).with_context(|| format!("removing {path}"))?;
+        let (dest, url) = text.trim_end_matches('\n').split_once('\t').unwrap_or(("", ""));
+        let dest = normalize(build_inside, dest);
+        let answer = match dest.strip_prefix(build_inside) {
+            // `collect` rejects a destination outside the build dir from the log.
+            Err(_) => String::new(),
+            Ok(rel) => {
+                let fetch = OriginFetch { dest: rel.to_owned(), urls: vec![url.to_string()] };
+                match provider.provide(&fetch) {
+                    Ok(origin) => {
+                        let index = staged.len();
+                        stage_file(&dir, index, &origin)?;
+                        staged.push(origin);
+                        index.to_string()
+                    }
+                    Err(e) => {
+                        failures.push((fetch.dest, e));
+                        String::new()
+                    }
+                }
+            }
+        };
+        let tmp = dir.join("answers").join(format!(".{id}"));
+        std::fs::write(&tmp, answer).with_context(|| format!("writing {tmp}"))?;
+        std::fs::rename(&tmp, dir.join("answers").join(&id)).with_context(|| format!("answering request {id} in {dir}"))?;
+    }
+    Ok(())
 }
 
 /// What the stand-in recorded: the archives it served (with their pins) and

@@ -215,10 +215,15 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
     let jobs = format!("-j{}", input.jobs.max(1));
     let mut make_runs = 0;
     let mut make_seconds = Vec::new();
-    let mut run_make = |args: &str| -> Result<std::process::Output> {
+    // `answer`, when given, is called every few milliseconds while make runs.
+    let mut run_make = |args: &str, answer: Option<&mut dyn FnMut() -> Result<()>>| -> Result<std::process::Output> {
         make_runs += 1;
         let began = Instant::now();
-        let out = sandbox.run(&format!("{make} {args}"), &build);
+        let script = format!("{make} {args}");
+        let out = match answer {
+            None => sandbox.run(&script, &build),
+            Some(answer) => run_answering(&sandbox, &script, &build, answer),
+        };
         let label = args.split_whitespace().find(|a| !a.starts_with("-j")).unwrap_or("");
         make_seconds.push((label.to_owned(), began.elapsed().as_secs_f64()));
         out
@@ -232,50 +237,51 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
             crate::util::text::tail(&String::from_utf8_lossy(&out.stderr), 40)
         )
     };
-    // Each round starts from a fresh build dir (`make -n` only prints what
-    // is out of date); a round ends early when make asked for an archive the
-    // lock does not pin yet, which the provider then gets.
-    let mut round = 0;
-    let (warnings, placed) = loop {
-        round += 1;
-        clear_dir(&input.build)?;
-        place_origins(input)?;
-        write_defconfig(input)?;
-        let args = format!("defconfig UK_DEFCONFIG={build}/kraft.defconfig");
-        let out = run_make(&format!("{jobs} {args}"))?;
-        if !out.status.success() {
-            return Err(failed(&args, &out));
-        }
-        let config = std::fs::read_to_string(input.build.join(".config")).context("make defconfig wrote no .config")?;
-        let warnings = check_config(&config, &input.defconfig());
-        let Some(origins) = origins else {
-            let out = run_make(&format!("{jobs} fetch prepare"))?;
+    clear_dir(&input.build)?;
+    place_origins(input)?;
+    write_defconfig(input)?;
+    let args = format!("defconfig UK_DEFCONFIG={build}/kraft.defconfig");
+    let out = run_make(&format!("{jobs} {args}"), None)?;
+    if !out.status.success() {
+        return Err(failed(&args, &out));
+    }
+    let config = std::fs::read_to_string(input.build.join(".config")).context("make defconfig wrote no .config")?;
+    let warnings = check_config(&config, &input.defconfig());
+    let placed = match origins {
+        None => {
+            let out = run_make(&format!("{jobs} fetch prepare"), None)?;
             if !out.status.success() {
                 return Err(failed("fetch prepare", &out));
             }
-            break (warnings, Vec::new());
-        };
-        let staged = origins.staged()?;
-        let wget = fetches::stage(&input.build, &build, &staged)?;
-        // `-k`: every library's download is tried (and recorded) in one round.
-        let args = format!("-k fetch prepare WGET={wget}");
-        let out = run_make(&format!("{jobs} {args}"))?;
-        let (placed, missing) = fetches::collect(&input.build, &build, &staged)?;
-        if missing.is_empty() {
+            Vec::new()
+        }
+        Some(origins) => {
+            // Archives the lock does not pin yet are got while make waits
+            // for them (see `fetches`).
+            let mut staged = origins.staged()?;
+            let wget = fetches::stage(&input.build, &build, &staged)?;
+            let mut failures = Vec::new();
+            // `-k`: every library's download is tried in this one run.
+            let args = format!("-k fetch prepare WGET={wget}");
+            let mut answer = || fetches::answer_requests(&input.build, &build, &mut staged, origins, &mut failures);
+            let out = run_make(&format!("{jobs} {args}"), Some(&mut answer))?;
+            let (placed, missing) = fetches::collect(&input.build, &build, &staged)?;
+            if !missing.is_empty() {
+                // Why make got no file: the provider's own error (`--locked`,
+                // offline, not found), else make's output.
+                if let Some(at) = failures.iter().position(|(dest, _)| missing.iter().any(|m| m.dest == *dest)) {
+                    return Err(failures.swap_remove(at).1);
+                }
+                let names: Vec<String> = missing.iter().map(|m| m.urls.join(" or ")).collect();
+                return Err(failed(&args, &out).context(format!("make got no file for {}", names.join(", "))));
+            }
             if !out.status.success() {
                 return Err(failed(&args, &out));
             }
-            break (warnings, placed);
-        }
-        if round >= 3 {
-            let names: Vec<String> = missing.iter().map(|m| m.urls.join(" or ")).collect();
-            bail!("make still asks for {} after the lock pinned it; is its URL built from something that changes between runs?", names.join(", "));
-        }
-        for fetch in &missing {
-            origins.provide(fetch)?;
+            placed
         }
     };
-    let out = run_make("-n all")?;
+    let out = run_make("-n all", None)?;
     if !out.status.success() {
         return Err(failed("-n all", &out));
     }
@@ -287,6 +293,34 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
     }
     write_marker(&input.build, &key)?;
     Ok(Plan { graph, key, cached: false, make_runs, elapsed: start.elapsed(), warnings, make_seconds })
+}
+
+/// Runs `script` in a sandbox of its own, calling `answer` until it exits.
+fn run_answering(sandbox: &Sandbox, script: &str, cwd: &Utf8Path, answer: &mut dyn FnMut() -> Result<()>) -> Result<std::process::Output> {
+    use std::io::{Read, Seek};
+    let capture = || tempfile::tempfile().context("creating a temporary file for make's output");
+    let (mut stdout, mut stderr) = (capture()?, capture()?);
+    let mut cmd = sandbox.command(script, cwd)?;
+    cmd.stdin(std::process::Stdio::null()).stdout(stdout.try_clone()?).stderr(stderr.try_clone()?);
+    let mut child = cmd.spawn().with_context(|| format!("spawning make ({} sandbox)", sandbox.backend()))?;
+    let status = loop {
+        if let Err(e) = answer() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        if let Some(status) = child.try_wait().context("waiting for make")? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let read = |file: &mut std::fs::File| -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        file.seek(std::io::SeekFrom::Start(0))?;
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    Ok(std::process::Output { status, stdout: read(&mut stdout)?, stderr: read(&mut stderr)? })
 }
 
 /// Copies `input.origins` (archives a recipe places) into the build dir.

@@ -17,6 +17,7 @@
 //! targets of one build (planned one after another) see each other's
 //! additions.
 
+use anyhow::Context;
 use camino::Utf8PathBuf;
 
 use crate::diag::Diagnostic;
@@ -104,6 +105,15 @@ impl LockedOrigins<'_> {
             .unwrap_or_else(|| "unikraft".into())
     }
 
+    /// The archive the lock pins for one of `fetch`'s URLs, verified in the store.
+    fn pinned(&self, fetch: &OriginFetch) -> anyhow::Result<StagedOrigin> {
+        let staged = fetch_locked(self.session, &self.app.app, &self.read_lock()?)?;
+        staged
+            .into_iter()
+            .find(|s| fetch.urls.contains(&s.url))
+            .with_context(|| format!("{}: pinned {} but cannot find it again", self.app.lock_path, fetch.urls.join(" or ")))
+    }
+
     fn add_to_lock(&self, owner: &str, archive: LockedArchive) -> anyhow::Result<()> {
         let _guard = self.session.store.lock(&format!("kraft-lock:{}", self.app.lock_path))?;
         let previous = Lock::read(&self.app.lock_path)?;
@@ -126,7 +136,7 @@ impl OriginProvider for LockedOrigins<'_> {
         fetch_locked(self.session, &self.app.app, &self.read_lock()?)
     }
 
-    fn provide(&self, fetch: &OriginFetch) -> anyhow::Result<()> {
+    fn provide(&self, fetch: &OriginFetch) -> anyhow::Result<StagedOrigin> {
         let lock = self.read_lock()?;
         let fetcher = self.session.fetcher();
         let name = fetch.file_name().to_string();
@@ -137,8 +147,8 @@ impl OriginProvider for LockedOrigins<'_> {
         urls.extend(hint.iter().flat_map(|h| h.mirrors.iter().cloned()));
         let request = ArchiveRequest { name: &name, urls: &urls };
         if lock.archive_for(&fetch.urls).is_some() {
-            // Pinned, yet make was not served it: staging failed loudly already.
-            return Ok(());
+            // Pinned since make started (by an earlier request for the same URL).
+            return self.pinned(fetch);
         }
         let url = fetch.urls[0].clone();
         if self.session.locked {
@@ -161,7 +171,7 @@ impl OriginProvider for LockedOrigins<'_> {
         }
         self.add_to_lock(&owner, LockedArchive { name: name.clone(), url: url.clone(), sha256: sha256.clone() })?;
         self.session.output.status("Locking", &format!("{owner} archive {name} ({url}) sha256 {}", &sha256[..16]));
-        Ok(())
+        self.pinned(fetch)
     }
 
     fn still_pinned(&self, placed: &PlacedOrigin) -> bool {
