@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::graph::ActionKind;
 
@@ -91,7 +91,7 @@ impl Clock {
 }
 
 /// Busy seconds per phase of one build (see the module docs).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     pub compile_s: f64,
     pub link_s: f64,
@@ -106,6 +106,25 @@ pub struct Timings {
 }
 
 impl Eq for Timings {}
+
+/// What this process has used so far: CPU seconds (user + system, from
+/// `getrusage`) and peak resident set in MiB (`VmHWM`). Children are not
+/// included. Not `ru_maxrss`: Linux carries that over an `execve` from the
+/// forked copy of the parent, so a child of a large process would report
+/// its parent's size.
+pub fn own_usage() -> (f64, f64) {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let cpu = if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    } else {
+        0.0
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    (cpu, peak_kib.unwrap_or(0.0) / 1024.0)
+}
 
 impl Timings {
     /// Sum of two builds' timings (an app built for several targets).

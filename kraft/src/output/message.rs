@@ -19,7 +19,9 @@ pub enum Message<'a> {
     /// are counted in `target-finished`).
     ActionFinished { action: &'a str, unit: &'a str, outcome: &'a str, seconds: f64, done: usize, total: usize },
     TargetFinished(TargetFinished<'a>),
-    BuildFinished { success: bool, seconds: f64 },
+    /// `cpu_seconds` and `peak_rss_mb`: the tool's own process, without the
+    /// commands it ran.
+    BuildFinished { success: bool, seconds: f64, cpu_seconds: f64, peak_rss_mb: f64 },
     /// `build --check-repro`: one per compared file.
     Repro { file: &'a str, sha256: &'a str, identical: bool },
 }
@@ -35,7 +37,11 @@ pub struct TargetFinished<'a> {
     pub plan_seconds: f64,
     /// Files the no-op check looked at, when it found nothing to do.
     pub noop_check_files: Option<usize>,
+    /// Each make run of the plan (its first argument) and its wall time.
+    pub make_seconds: &'a [(String, f64)],
     pub exec_seconds: f64,
+    /// The executor's busy time per phase, summed over workers.
+    pub busy: crate::timings::Timings,
     pub actions: usize,
     pub run: usize,
     pub restored: usize,
@@ -81,7 +87,8 @@ mod tests {
             json(&Message::ActionFinished { action: "a.o", unit: "u", outcome: "ran", seconds: 0.5, done: 1, total: 2 }),
             r#"{"reason":"action-finished","action":"a.o","unit":"u","outcome":"ran","seconds":0.5,"done":1,"total":2}"#
         );
-        assert_eq!(json(&Message::BuildFinished { success: true, seconds: 1.0 }), r#"{"reason":"build-finished","success":true,"seconds":1.0}"#);
+        assert_eq!(json(&Message::BuildFinished { success: true, seconds: 1.0, cpu_seconds: 0.5, peak_rss_mb: 40.0 }),
+            r#"{"reason":"build-finished","success":true,"seconds":1.0,"cpu_seconds":0.5,"peak_rss_mb":40.0}"#);
         assert_eq!(
             json(&Message::Repro { file: "f", sha256: "00", identical: true }),
             r#"{"reason":"repro","file":"f","sha256":"00","identical":true}"#
@@ -95,7 +102,9 @@ mod tests {
             make_runs: 0,
             plan_seconds: 0.0,
             noop_check_files: Some(3),
+            make_seconds: &[],
             exec_seconds: 0.25,
+            busy: Default::default(),
             actions: 4,
             run: 1,
             restored: 1,
@@ -110,7 +119,9 @@ mod tests {
             json(&Message::TargetFinished(target)),
             concat!(
                 r#"{"reason":"target-finished","target":"qemu/x86_64","image":"/t/img","dbg":null,"plan_cached":true,"make_runs":0,"#,
-                r#""plan_seconds":0.0,"noop_check_files":3,"exec_seconds":0.25,"actions":4,"run":1,"restored":1,"up_to_date":2,"#,
+                r#""plan_seconds":0.0,"noop_check_files":3,"make_seconds":[],"exec_seconds":0.25,"busy":{"compile_s":0.0,"link_s":0.0,"#,
+                r#""script_s":0.0,"keys_s":0.0,"lookup_s":0.0,"restore_s":0.0,"store_write_s":0.0,"cache_write_s":0.0,"spawns":0},"#,
+                r#""actions":4,"run":1,"restored":1,"up_to_date":2,"#,
                 r#""files_hashed":5,"remote_hits":0,"remote_uploads":0,"units":[{"unit":"app","status":"built","actions":4,"#,
                 r#""built":1,"cached":1,"fresh":2,"seconds":0.5}],"seconds":1.5}"#
             )

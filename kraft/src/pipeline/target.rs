@@ -353,7 +353,8 @@ pub fn build_app(session: &Session, app: &str, target: Option<&str>) -> anyhow::
         builds.push(build);
     }
     if session.output.is_json() {
-        session.output.message(&Message::BuildFinished { success: true, seconds: start.elapsed().as_secs_f64() });
+        let (cpu_seconds, peak_rss_mb) = crate::timings::own_usage();
+        session.output.message(&Message::BuildFinished { success: true, seconds: start.elapsed().as_secs_f64(), cpu_seconds, peak_rss_mb });
     }
     Ok((locked, builds))
 }
@@ -382,7 +383,9 @@ fn report(session: &Session, build: &TargetBuild) {
             make_runs: build.make_runs,
             plan_seconds: build.plan_seconds,
             noop_check_files: build.noop_check,
+            make_seconds: &build.make_seconds,
             exec_seconds: r.duration.as_secs_f64(),
+            busy: r.timings,
             actions: r.total,
             run: r.run,
             restored: r.restored,

@@ -7,10 +7,13 @@
 //! `prepare` brings the tree/store into the state the scenario describes
 //! (fresh copy, empty store, an edited file, ...).
 //!
-//! Each timed run is also accounted for ([`RunUse`]): the process's own CPU
-//! against its children's (getrusage), its peak RSS (VmHWM, reset before the
-//! run), and for our side the phases the build reported ([`Phases`], handed
-//! over by the scenario through [`record_phases`]).
+//! Each timed run is also accounted for ([`RunUse`]): the tool's own CPU
+//! against its children's (getrusage), its peak RSS, and for our side the
+//! phases the build reported ([`Phases`], handed over by the scenario
+//! through [`record_phases`]). A build run as a process of its own
+//! ([`super::process`]) reports its own CPU and peak RSS
+//! ([`record_tool_use`]); one run inside the bench is measured on the
+//! bench's process (VmHWM, reset before the run).
 
 use std::cell::RefCell;
 use std::time::Instant;
@@ -121,11 +124,12 @@ impl Phases {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunUse {
     pub wall_s: f64,
-    /// CPU (user + system) of this process: the tool itself (zero for a baseline, which runs in children).
+    /// CPU (user + system) of the tool itself (zero for a baseline, which runs in children).
     pub self_cpu_s: f64,
-    /// CPU of the children waited for during the run (compilers, make, bwrap).
+    /// CPU of the commands the run waited for (compilers, make, bwrap).
     pub children_cpu_s: f64,
-    /// Peak resident set of this process during the run.
+    /// Peak resident set of the tool during the run: the build's own
+    /// process, or the bench's when the build ran inside it.
     pub peak_rss_mb: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases: Option<Phases>,
@@ -135,6 +139,17 @@ thread_local! {
     static PHASES: RefCell<Option<Phases>> = const { RefCell::new(None) };
     static STORE_DIR: RefCell<Option<camino::Utf8PathBuf>> = const { RefCell::new(None) };
     static SPAWN_COST_S: RefCell<f64> = const { RefCell::new(0.0) };
+    static TOOL_USE: RefCell<Option<(f64, f64)>> = const { RefCell::new(None) };
+}
+
+/// The CPU seconds and peak RSS (MiB) of the build process the run in
+/// progress started: they replace the bench's own.
+pub fn record_tool_use(cpu_s: f64, peak_rss_mb: f64) {
+    TOOL_USE.with(|t| {
+        let mut t = t.borrow_mut();
+        let (cpu, rss) = t.unwrap_or((0.0, 0.0));
+        *t = Some((cpu + cpu_s, rss.max(peak_rss_mb)));
+    });
 }
 
 /// Bytes our side sent to and fetched from a team cache in the run in
@@ -194,6 +209,7 @@ fn peak_rss_mb() -> f64 {
 fn metered(f: &mut dyn FnMut() -> Result<()>) -> Result<RunUse> {
     reset_peak_rss();
     PHASES.with(|p| p.borrow_mut().take());
+    TOOL_USE.with(|t| t.borrow_mut().take());
     let (self0, children0) = (cpu_seconds(libc::RUSAGE_SELF), cpu_seconds(libc::RUSAGE_CHILDREN));
     let start = Instant::now();
     f()?;
@@ -206,13 +222,15 @@ fn metered(f: &mut dyn FnMut() -> Result<()>) -> Result<RunUse> {
             p.store_bytes = super::account::tree_bytes(&dir);
         }
     }
-    Ok(RunUse {
-        wall_s,
-        self_cpu_s: cpu_seconds(libc::RUSAGE_SELF) - self0,
-        children_cpu_s: cpu_seconds(libc::RUSAGE_CHILDREN) - children0,
-        peak_rss_mb: peak_rss_mb(),
-        phases,
-    })
+    let (mut self_cpu_s, mut children_cpu_s) = (cpu_seconds(libc::RUSAGE_SELF) - self0, cpu_seconds(libc::RUSAGE_CHILDREN) - children0);
+    let mut peak = peak_rss_mb();
+    if let Some((cpu, rss)) = TOOL_USE.with(|t| t.borrow_mut().take()) {
+        // The build was a child: its own CPU moves from the children's to the tool's.
+        self_cpu_s += cpu;
+        children_cpu_s -= cpu;
+        peak = rss;
+    }
+    Ok(RunUse { wall_s, self_cpu_s, children_cpu_s, peak_rss_mb: peak, phases })
 }
 
 pub fn median(v: &[f64]) -> f64 {

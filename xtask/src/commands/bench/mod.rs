@@ -1,5 +1,8 @@
 //! `cargo xtask bench [--runs N] [--filter S]`: our builds against make, on
-//! the same trees, alternately in one process (see [`measure`]).
+//! the same trees, alternately in one run (see [`measure`]). Our Unikraft
+//! builds without a team cache run as `xtask build` processes of their own
+//! ([`process`]), as make's side runs make; the others, and the musl
+//! scenarios, run inside the bench's process.
 //! Results: a table on stdout and `target/kraft/bench/bench-<unix time>.json`
 //! (and `latest.json`).
 //!
@@ -40,6 +43,7 @@ pub mod buildgrid;
 pub mod measure;
 pub mod musl;
 pub mod nginx;
+pub mod process;
 pub mod unikraft;
 
 use anyhow::Result;

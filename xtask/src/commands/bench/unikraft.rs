@@ -153,7 +153,8 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         record_phases(phases);
         Ok(build)
     };
-    let ours = |app: &Utf8Path| build_with(app, &store_dir, jobs, None, None);
+    // As a user runs it: `xtask build` in a process of its own.
+    let ours = |app: &Utf8Path| super::process::build(&session.workspace.root, &store_dir, jobs, app);
     let out_of = |name: &str| session.workspace.output_dir(name, "qemu-x86_64");
     // Baseline tree: checkout + app + build dir with our .config and the tarball.
     let base = root.join("base");
@@ -258,7 +259,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         list.push(Scenario {
             name: "uk/cold".into(),
             description: "helloworld+musl, empty store vs make on a fresh checkout".into(),
-            ours: Side::new(|_| { if store_dir.exists() { std::fs::remove_dir_all(&store_dir)?; } wipe_ours("helloworld") }, |_| ours(&app1).map(drop)),
+            ours: Side::new(|_| { if store_dir.exists() { std::fs::remove_dir_all(&store_dir)?; } wipe_ours("helloworld") }, |_| ours(&app1)),
             baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
         });
     }
@@ -266,7 +267,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         list.push(Scenario {
             name: "uk/no-op".into(),
             description: "second build".into(),
-            ours: Side::new(|_| ours(&app1).map(drop), |_| ours(&app1).map(drop)),
+            ours: Side::new(|_| ours(&app1), |_| ours(&app1)),
             // make settles its own .config on the first run after a fresh
             // checkout; warm it up untimed so every timed run is a no-op.
             baseline: Side::new(
@@ -279,7 +280,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         list.push(Scenario {
             name: "uk/printk-flip".into(),
             description: "printk level flipped (CONFIG_LIBUKDEBUG_PRINTK_INFO <-> _ERR)".into(),
-            ours: Side::new(|i| set_loglevel(&app1, "helloworld", FLIP_LEVELS[i % 3]).map_err(Into::into), |_| ours(&app1).map(drop)),
+            ours: Side::new(|i| set_loglevel(&app1, "helloworld", FLIP_LEVELS[i % 3]).map_err(Into::into), |_| ours(&app1)),
             baseline: Side::new(|i| set_base_level(FLIP_LEVELS[i % 3]), |_| make("helloworld")),
         });
     }
@@ -287,7 +288,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         list.push(Scenario {
             name: "uk/edit-main".into(),
             description: "a function appended to the app's main.c".into(),
-            ours: Side::new(|i| edit_main(&app1, i, "ours"), |_| ours(&app1).map(drop)),
+            ours: Side::new(|i| edit_main(&app1, i, "ours"), |_| ours(&app1)),
             // make's tree is built untimed (twice: see uk/no-op) when no
             // earlier scenario left one.
             baseline: Side::new(
@@ -307,7 +308,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         list.push(Scenario {
             name: "uk/warm-fresh".into(),
             description: "fresh output dir, warm store vs make on a fresh checkout".into(),
-            ours: Side::new(|_| wipe_ours("helloworld"), |_| ours(&app1).map(drop)),
+            ours: Side::new(|_| wipe_ours("helloworld"), |_| ours(&app1)),
             baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
         });
     }
@@ -321,7 +322,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     wipe_ours(&name)?;
                     write_app(&root.join("apps").join(&name), &root.join("app-helloworld"), &name, "err")
                 },
-                |i| ours(&root.join("apps").join(format!("hello{}", ["two", "three", "four", "five", "six"][i % 5]))).map(drop),
+                |i| ours(&root.join("apps").join(format!("hello{}", ["two", "three", "four", "five", "six"][i % 5]))),
             ),
             baseline: Side::new(
                 |_| {
@@ -345,7 +346,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     ours(&app1)?;
                     set_loglevel(&app1, "helloworld", "err").map_err(Into::into)
                 },
-                |_| ours(&app1).map(drop),
+                |_| ours(&app1),
             ),
             baseline: Side::new(
                 |i| {
@@ -372,7 +373,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     }
                     wipe_ours("helloworld")
                 },
-                |_| build_with(&app1, &store_dir, 1, None, None).map(drop),
+                |_| super::process::build(&session.workspace.root, &store_dir, 1, &app1),
             ),
             baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make_j("helloworld", 1)),
         });
