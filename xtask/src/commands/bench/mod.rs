@@ -36,10 +36,13 @@
 //! busy time compiling, linking, restoring, writing the store, ...), the
 //! store's size, and for printk-flip, second-app and config-revert the
 //! floor: the compile time of the objects that read the config header.
+//! Last, each goal of issue 12 ([`goals`]): met, or the phase that holds it
+//! and its floor.
 
 
 pub mod account;
 pub mod buildgrid;
+pub mod goals;
 pub mod measure;
 pub mod musl;
 pub mod nginx;
@@ -79,7 +82,10 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     let _ = musl::remove(&work);
     print!("{}", format_table(&results));
     print!("{}", measure::format_phases(&results));
+    let checked = goals::check(&results, opts.jobs);
+    print!("{}", goals::format(&checked));
     let json = serde_json::json!({
+        "goals": checked,
         "runs": opts.runs,
         "jobs": opts.jobs,
         "sandbox_start_s": spawn_cost,

@@ -252,6 +252,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     };
 
     let remote_store = root.join("store-remote");
+    let copy_floor = std::cell::Cell::new(None);
     let traffic_before = std::cell::Cell::new(Traffic::default());
     let mut list: Vec<Scenario<'_>> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
@@ -453,8 +454,16 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         if matches!(result.name.as_str(), "uk/printk-flip" | "uk/second-app" | "uk/config-revert") {
             floor_extra(&mut result);
         }
-        if result.name == "uk/cold" || result.name == "uk/remote-warm" {
+        if (result.name == "uk/cold" || result.name == "uk/remote-warm") && server.is_some() {
             result.extra.insert("fill_uploaded_mib".into(), serde_json::json!((fill_bytes.uploaded as f64 / 1048576.0).round()));
+            result.extra.insert("fill_uploaded_bytes".into(), serde_json::json!(fill_bytes.uploaded));
+        }
+        if result.name == "uk/warm-fresh" {
+            copy_floor.set(Some(copy_seconds(&out_of("helloworld").join("build"), &root.join("copy-floor"))?));
+        }
+        if let ("uk/warm-fresh" | "uk/remote-warm", Some(seconds)) = (result.name.as_str(), copy_floor.get()) {
+            // Creating the finished build dir's files at all, with their bytes.
+            result.extra.insert("copy_floor_s".into(), serde_json::json!((seconds * 100.0).round() / 100.0));
         }
         log(super::measure::format_phases(std::slice::from_ref(&result)).trim_end());
         results.push(result);
@@ -462,4 +471,17 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     }
     anyhow::ensure!(failed.is_empty(), "scenarios failed: {}", failed.join(", "));
     Ok(())
+}
+
+/// Seconds to copy `dir` to `scratch` with `cp -a` (the files' bytes
+/// already in the page cache). The copy stays until the next bench: deleting
+/// thousands of files makes ext4 slower at creating the next ones for a
+/// while, which would tax the scenarios after this one.
+fn copy_seconds(dir: &Utf8Path, scratch: &Utf8Path) -> Result<f64> {
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch)?;
+    }
+    let start = std::time::Instant::now();
+    sh(&format!("cp -a {dir} {scratch}"), Utf8Path::new("/"))?;
+    Ok(start.elapsed().as_secs_f64())
 }
