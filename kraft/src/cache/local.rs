@@ -314,7 +314,10 @@ impl ActionCache {
         if current.first().map(|c| c.as_slice()) == Some(discovered) {
             return Ok(());
         }
-        let _lock = self.store.lock(&format!("ac-{}", prekey.to_hex()))?;
+        // One lock per 256th of the key space, not per key: a lock file per
+        // key would be one more file created per action, and creating files
+        // is what a cold build's tool spends most of its own time on.
+        let _lock = self.store.lock(&format!("ac-manifests-{}", &prekey.to_hex()[..2]))?;
         let mut candidates = self.local_manifest(prekey);
         candidates.retain(|c| c.as_slice() != discovered);
         candidates.insert(0, discovered.to_vec());
