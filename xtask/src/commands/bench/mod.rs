@@ -47,6 +47,7 @@ pub mod measure;
 pub mod musl;
 pub mod nginx;
 pub mod process;
+pub mod trash;
 pub mod unikraft;
 
 use anyhow::Result;
@@ -69,6 +70,7 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
     let log = |m: &str| eprintln!("{m}");
     let mut results = Vec::new();
     let work = out_dir.join("work");
+    trash::init(&out_dir.join("trash"))?;
     let spawn_cost = account::sandbox_start_seconds(20)?;
     measure::set_spawn_cost(spawn_cost);
     log(&format!("one sandbox start costs {:.1} ms (median of 20, beyond a plain bash -c)", spawn_cost * 1000.0));
@@ -80,6 +82,9 @@ pub fn run(session: &Session, opts: &BenchOptions) -> Result<Vec<ScenarioResult>
         println!("skipping the Unikraft scenarios: set KRAFT_MIRRORS so that https://github.com/unikraft/ resolves to a local mirror");
     }
     let _ = musl::remove(&work);
+    if let Err(e) = trash::empty() {
+        log(&format!("emptying the bench's trash: {e:#}"));
+    }
     print!("{}", format_table(&results));
     print!("{}", measure::format_phases(&results));
     let checked = goals::check(&results, opts.jobs);

@@ -33,12 +33,9 @@ fn fresh_copy(from: &Utf8Path, to: &Utf8Path) -> Result<()> {
     sh("chmod -R u+w .", to)
 }
 
+/// Out of the way, into the bench's trash (see [`super::trash`]).
 pub(super) fn remove(dir: &Utf8Path) -> Result<()> {
-    if dir.exists() {
-        let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing {dir}"))?;
-    }
-    Ok(())
+    super::trash::discard(dir)
 }
 
 fn edit_strlen(tree: &Utf8Path, run: usize, side: &str) -> Result<()> {

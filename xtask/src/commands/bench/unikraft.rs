@@ -82,7 +82,7 @@ fn mirror_clone(session: &Session, repo: &str, rev: &str, dest: &Utf8Path) -> Re
     let url = format!("https://github.com/unikraft/{repo}.git");
     let location = session.mirrors.rewrite(&url);
     if dest.exists() {
-        std::fs::remove_dir_all(dest)?;
+        super::trash::discard(dest)?;
     }
     sh(&format!("git clone -q {} {dest} && git -C {dest} checkout -q {rev}", location.as_git_arg()), Utf8Path::new("/"))
 }
@@ -97,7 +97,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         return Ok(()); // the filter selects no Unikraft scenario: skip the checkouts and the first build
     }
     if root.exists() {
-        std::fs::remove_dir_all(root)?;
+        super::trash::discard(root)?;
     }
     std::fs::create_dir_all(root)?;
     let root = root.canonicalize_utf8()?;
@@ -166,7 +166,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     };
     let prepare_base = |name: &str, app: &Utf8Path| -> Result<()> {
         if base.exists() {
-            std::fs::remove_dir_all(&base)?;
+            super::trash::discard(&base)?;
         }
         kraft::util::fs::copy_tree(&co, &base)?;
         kraft::util::fs::copy_tree(app, &base_app(name))?;
@@ -189,7 +189,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
     let wipe_ours = |name: &str| -> Result<()> {
         let out = out_of(name);
         if out.exists() {
-            std::fs::remove_dir_all(&out)?;
+            super::trash::discard(&out)?;
         }
         Ok(())
     };
@@ -260,7 +260,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
         list.push(Scenario {
             name: "uk/cold".into(),
             description: "helloworld+musl, empty store vs make on a fresh checkout".into(),
-            ours: Side::new(|_| { if store_dir.exists() { std::fs::remove_dir_all(&store_dir)?; } wipe_ours("helloworld") }, |_| ours(&app1)),
+            ours: Side::new(|_| { if store_dir.exists() { super::trash::discard(&store_dir)?; } wipe_ours("helloworld") }, |_| ours(&app1)),
             baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make("helloworld")),
         });
     }
@@ -370,7 +370,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             ours: Side::new(
                 |_| {
                     if store_dir.exists() {
-                        std::fs::remove_dir_all(&store_dir)?;
+                        super::trash::discard(&store_dir)?;
                     }
                     wipe_ours("helloworld")
                 },
@@ -388,7 +388,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     // The app as the fill built it: earlier scenarios edit main.c.
                     write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
                     if remote_store.exists() {
-                        std::fs::remove_dir_all(&remote_store)?;
+                        super::trash::discard(&remote_store)?;
                     }
                     traffic_before.set(server.traffic());
                     set_store_dir(Some(remote_store.clone()));
@@ -416,7 +416,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     // earlier scenario changes every action's digest.
                     write_app(&app1, &root.join("app-helloworld"), "helloworld", "err")?;
                     if remote_store.exists() {
-                        std::fs::remove_dir_all(&remote_store)?;
+                        super::trash::discard(&remote_store)?;
                     }
                     set_store_dir(Some(remote_store.clone()));
                     wipe_ours("helloworld")
@@ -479,7 +479,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
 /// while, which would tax the scenarios after this one.
 fn copy_seconds(dir: &Utf8Path, scratch: &Utf8Path) -> Result<f64> {
     if scratch.exists() {
-        std::fs::remove_dir_all(scratch)?;
+        super::trash::discard(scratch)?;
     }
     let start = std::time::Instant::now();
     sh(&format!("cp -a {dir} {scratch}"), Utf8Path::new("/"))?;
