@@ -781,3 +781,47 @@ fn large_blobs_are_compressed_and_restore_exactly() {
     assert_eq!(store.insert_blob_file(&file).unwrap(), h);
     assert_eq!(store.read_blob(&h).unwrap(), big);
 }
+
+/// A large output's blob may be stored after its action finished (the next
+/// link need not wait for its compression): its entry is written only once
+/// the blob is in the store, and an output that changed in between gets no
+/// entry at all, never one that names other bytes.
+#[test]
+fn deferred_large_outputs_reach_the_store_before_their_entry() {
+    use kraft::cache::local::{ActionCache, Entry, DEFER_MIN};
+    let (_t, store) = open_store();
+    let (_t2, dir) = tempdir();
+    let cache = ActionCache::new(&store);
+    let big: Vec<u8> = (0..1_300_000u32).flat_map(|i| format!("DW_TAG_{} ", i % 97).into_bytes()).collect();
+    assert!(big.len() as u64 >= DEFER_MIN);
+    let entry_of = |out| Entry { outputs: vec![out], discovered: Vec::new(), stdout: String::new(), stderr: String::new() };
+
+    let file = dir.join("libmusl.ld.o");
+    fs::write(&file, &big).unwrap();
+    let (out, _, pending) = cache.store_output_or_defer(Utf8Path::new("/kraft/build/libmusl.ld.o"), &file, true).unwrap();
+    assert_eq!(out.blake3, blake3::hash(&big).to_hex().as_str());
+    let pending = pending.expect("a large output is deferred");
+    let key = blake3::hash(b"action one");
+    cache.put_after_blobs(&key, &entry_of(out.clone()), vec![pending]).unwrap();
+    cache.flush().unwrap();
+    assert_eq!(store.read_blob(&out.blake3).unwrap(), big, "the blob is in the store");
+    assert_eq!(cache.get(&key).expect("then the entry").outputs, vec![out.clone()]);
+
+    // Changed after hashing: no entry, and the store holds only true names.
+    let file2 = dir.join("libmusl.o");
+    fs::write(&file2, &big[1..]).unwrap();
+    let (out2, _, pending2) = cache.store_output_or_defer(Utf8Path::new("/kraft/build/libmusl.o"), &file2, true).unwrap();
+    let mut changed = big.clone();
+    changed[7] ^= 1;
+    fs::write(&file2, &changed).unwrap();
+    let key2 = blake3::hash(b"action two");
+    cache.put_after_blobs(&key2, &entry_of(out2.clone()), pending2.into_iter().collect()).unwrap();
+    cache.flush().unwrap();
+    assert!(cache.get(&key2).is_none(), "no entry for an output that changed");
+    assert!(!store.has_blob(&out2.blake3));
+    assert!(store.verify(false).unwrap().is_clean());
+
+    // Without `defer`, or below the size, the blob is stored at once.
+    let (out3, _, pending3) = cache.store_output_or_defer(Utf8Path::new("/kraft/build/x.o"), &file2, false).unwrap();
+    assert!(pending3.is_none() && store.has_blob(&out3.blake3));
+}

@@ -57,6 +57,18 @@ pub(crate) const AC_VERSION: u32 = 1;
 /// Most header lists remembered per pre-key.
 const MANIFEST_CAPACITY: usize = 16;
 
+/// Outputs from this size on may be stored in the background
+/// ([`ActionCache::store_output_or_defer`]).
+pub const DEFER_MIN: u64 = 8 << 20;
+
+/// An output hashed but not yet in the store.
+#[derive(Debug, Clone)]
+pub struct PendingBlob {
+    host: Utf8PathBuf,
+    blake3: String,
+    stamp: Stamp,
+}
+
 /// One output of a cached action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedOutput {
@@ -329,9 +341,28 @@ impl ActionCache {
 
     /// Copy `host` into the store as a blob; returns the output record.
     pub fn store_output(&self, path: &Utf8Path, host: &Utf8Path) -> anyhow::Result<(CachedOutput, Stamp)> {
+        let (output, stamp, pending) = self.store_output_or_defer(path, host, false)?;
+        debug_assert!(pending.is_none());
+        Ok((output, stamp))
+    }
+
+    /// [`ActionCache::store_output`], but with `defer` an output of
+    /// [`DEFER_MIN`] bytes or more is only hashed: its blob is written by the
+    /// background writer before the entry that names it
+    /// ([`ActionCache::put_after_blobs`]). Compressing such an output takes
+    /// about a second (the musl partial links), and the next link of the
+    /// chain need not wait for it.
+    pub fn store_output_or_defer(&self, path: &Utf8Path, host: &Utf8Path, defer: bool) -> anyhow::Result<(CachedOutput, Stamp, Option<PendingBlob>)> {
         let meta = fs::metadata(host).with_context(|| format!("reading output {host}"))?;
         let stamp = Stamp::of(&meta);
-        let blake3 = self.store.insert_blob_file(host)?;
+        let (blake3, pending) = if defer && meta.len() >= DEFER_MIN {
+            let (hash, _) = crate::util::hash::blake3_file(host.as_std_path()).with_context(|| format!("hashing {host}"))?;
+            let hash = hash.to_hex().to_string();
+            let pending = (!self.store.has_blob(&hash)).then(|| PendingBlob { host: host.to_owned(), blake3: hash.clone(), stamp });
+            (hash, pending)
+        } else {
+            (self.store.insert_blob_file(host)?, None)
+        };
         let after = fs::metadata(host).map(|m| Stamp::of(&m)).ok();
         if after != Some(stamp) {
             anyhow::bail!("output {host} changed while it was being stored");
@@ -346,7 +377,37 @@ impl ActionCache {
                 zstd_size: None,
             },
             stamp,
+            pending,
         ))
+    }
+
+    /// [`ActionCache::put`] once every pending blob is in the store. An
+    /// output that changed since it was hashed is stored under its new
+    /// content's name and the entry is dropped: a later miss, never an
+    /// entry naming other bytes.
+    pub fn put_after_blobs(&self, key: &Hash, entry: &Entry, pending: Vec<PendingBlob>) -> anyhow::Result<()> {
+        if pending.is_empty() {
+            return self.put(key, entry);
+        }
+        self.writer.send(self, Write::EntryAfterBlobs(*key, entry.clone(), pending));
+        Ok(())
+    }
+
+    pub(super) fn put_after_blobs_now(&self, key: &Hash, entry: &Entry, pending: &[PendingBlob]) -> anyhow::Result<()> {
+        for blob in pending {
+            let unchanged = fs::metadata(&blob.host).map(|m| Stamp::of(&m)).ok() == Some(blob.stamp);
+            if !unchanged {
+                return Ok(());
+            }
+            match self.store.insert_blob_file(&blob.host) {
+                Ok(hash) if hash == blob.blake3 => {}
+                Ok(_) => return Ok(()),
+                // Removed by a later action meanwhile: no entry, as above.
+                Err(_) if !blob.host.exists() => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.put_now(key, entry)
     }
 
     /// Put every output of `entry` in place (at `to_host(path)`), or none.

@@ -1,5 +1,6 @@
-//! The action cache's background writer: entries and manifests are written
-//! by one thread, so a worker goes back to compiling as soon as its outputs
+//! The action cache's background writer: entries and manifests (and the
+//! blobs of large outputs, before the entry naming them) are written by one
+//! thread, so a worker goes back to compiling as soon as its outputs
 //! are in the store (a worker blocked on file-system bookkeeping is a core
 //! not compiling; under load, ~20-90 ms per action).
 
@@ -7,13 +8,15 @@ use std::sync::Arc;
 
 use camino::Utf8PathBuf;
 
-use super::local::{ActionCache, Entry};
+use super::local::{ActionCache, Entry, PendingBlob};
 use crate::exec::fingerprint::Hash;
 
 /// One write the background writer does for [`ActionCache::put`] or
 /// [`ActionCache::add_to_manifest`].
 pub(super) enum Write {
     Entry(Hash, Entry),
+    /// An entry whose large outputs were only hashed: their blobs first.
+    EntryAfterBlobs(Hash, Entry, Vec<PendingBlob>),
     Manifest(Hash, Vec<Utf8PathBuf>),
 }
 
@@ -44,6 +47,7 @@ impl Writer {
                 for write in rx {
                     let result = match write {
                         Write::Entry(key, entry) => worker.put_now(&key, &entry),
+                        Write::EntryAfterBlobs(key, entry, pending) => worker.put_after_blobs_now(&key, &entry, &pending),
                         Write::Manifest(prekey, discovered) => worker.add_to_manifest_now(&prekey, &discovered),
                     };
                     if let Err(e) = result {
@@ -71,6 +75,7 @@ impl Writer {
     fn run_now(cache: &ActionCache, write: Write, error: &std::sync::Mutex<Option<String>>) {
         let result = match write {
             Write::Entry(key, entry) => cache.put_now(&key, &entry),
+            Write::EntryAfterBlobs(key, entry, pending) => cache.put_after_blobs_now(&key, &entry, &pending),
             Write::Manifest(prekey, discovered) => cache.add_to_manifest_now(&prekey, &discovered),
         };
         if let Err(e) = result {

@@ -246,10 +246,13 @@ impl Shared<'_> {
         }
         let mut outputs = Vec::new();
         let mut cached = Vec::new();
+        let mut pending = Vec::new();
         for out in &action.outputs {
             let host = self.host(out)?;
             let hashed_at = crate::exec::state::now_ns();
-            let (c, stamp) = self.clock.time(Phase::StoreWrite, || self.cache.store_output(out, &host))?;
+            // With an engine, its inputs are read from the store: no deferring.
+            let (c, stamp, blob) = self.clock.time(Phase::StoreWrite, || self.cache.store_output_or_defer(out, &host, self.reapi.is_none()))?;
+            pending.extend(blob);
             let hash = Hash::from_hex(&c.blake3).context("store returned a malformed blob hash")?;
             self.stats.note_hashed();
             self.stats.record(out.as_str(), &host, stamp, hash, hashed_at);
@@ -257,7 +260,7 @@ impl Shared<'_> {
             cached.push(c);
         }
         let key = fp.key();
-        self.clock.time(Phase::CacheWrite, || self.write_cache(&key, &prekey, &fp, cached, &stdout, &stderr))?;
+        self.clock.time(Phase::CacheWrite, || self.write_cache(&key, &prekey, &fp, cached, pending, &stdout, &stderr))?;
         let record = Box::new(ActionRecord { key, fingerprint: fp, outputs });
         let outcome = if remote_hit { Outcome::Restored } else { Outcome::Ran };
         Ok(Done::Finished { record, outcome, reason, stdout, stderr })
@@ -269,12 +272,13 @@ impl Shared<'_> {
         prekey: &Hash,
         fp: &Fingerprint,
         outputs: Vec<CachedOutput>,
+        pending: Vec<crate::cache::local::PendingBlob>,
         stdout: &str,
         stderr: &str,
     ) -> anyhow::Result<()> {
         let discovered: Vec<Utf8PathBuf> = fp.discovered.iter().map(|(p, _)| p.clone()).collect();
         let entry = Entry { outputs, discovered: discovered.clone(), stdout: stdout.into(), stderr: stderr.into() };
-        self.cache.put(key, &entry)?;
+        self.cache.put_after_blobs(key, &entry, pending)?;
         if !discovered.is_empty() {
             self.cache.add_to_manifest(prekey, &discovered)?;
         }
