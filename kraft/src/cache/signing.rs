@@ -95,6 +95,12 @@ impl CacheKeys {
         (keys, problems)
     }
 
+    /// The trusted keys in the form `KRAFT_CACHE_TRUSTED_KEYS` reads
+    /// (`keyid:base64,…`): what to give a reader of what this client signs.
+    pub fn trusted_text(&self) -> String {
+        self.trusted.iter().map(|(id, key)| format!("{id}:{}", B64.encode(key.to_bytes()))).collect::<Vec<_>>().join(",")
+    }
+
     pub fn can_sign(&self) -> bool {
         self.signer.is_some()
     }

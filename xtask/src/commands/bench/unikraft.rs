@@ -138,6 +138,8 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             keys: Some(std::sync::Arc::new(kraft::cache::signing::CacheKeys::none().signing("bench", REMOTE_SEED))),
         })
     };
+    // What a reader of either team cache trusts: the fill's key.
+    let trusted_keys = kraft::cache::signing::CacheKeys::none().signing("bench", REMOTE_SEED).trusted_text();
     let engine_fill = engine_settings(true);
     let engine_read = engine_settings(false);
     let build_with = |app: &Utf8Path, store: &Utf8Path, jobs: usize, remote: Option<&RemoteCache>, reapi: Option<&Settings>| -> Result<kraft::pipeline::target::TargetBuild> {
@@ -379,7 +381,7 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
             baseline: Side::new(|_| prepare_base("helloworld", &app1), |_| make_j("helloworld", 1)),
         });
     }
-    if let (true, Some(server), Some(remote)) = (want("uk/remote-warm"), server.as_ref(), remote.as_ref()) {
+    if let (true, Some(server), Some(_)) = (want("uk/remote-warm"), server.as_ref(), remote.as_ref()) {
         list.push(Scenario {
             name: "uk/remote-warm".into(),
             description: "empty store and output dir, team cache (nginx on loopback) filled by one build, vs make on a fresh checkout".into(),
@@ -395,8 +397,9 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     wipe_ours("helloworld")
                 },
                 |_| {
-                    let build = build_with(&app1, &remote_store, jobs, Some(remote), None)?;
-                    anyhow::ensure!(build.report.remote_hits > 0, "nothing came from the team cache: {:?}", build.report.remote_warnings);
+                    let reader = super::process::Remote { url: &server.url(), trusted_keys: &trusted_keys };
+                    let built = super::process::build_with(&session.workspace.root, &remote_store, jobs, &app1, Some(&reader))?;
+                    anyhow::ensure!(built.remote_hits > 0, "nothing came from the team cache");
                     let traffic = server.traffic().minus(traffic_before.get());
                     record_traffic(traffic.uploaded, traffic.downloaded);
                     Ok(())
@@ -422,8 +425,9 @@ pub fn scenarios(session: &Session, opts: &BenchOptions, root: &Utf8Path, result
                     wipe_ours("helloworld")
                 },
                 |_| {
-                    let build = build_with(&app1, &remote_store, jobs, None, Some(settings))?;
-                    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(build.out_dir.join("remote.json"))?)?;
+                    let reader = super::process::Remote { url: &settings.url, trusted_keys: &trusted_keys };
+                    super::process::build_with(&session.workspace.root, &remote_store, jobs, &app1, Some(&reader))?;
+                    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out_of("helloworld").join("remote.json"))?)?;
                     let hits = report["cache_hits"].as_u64().unwrap_or(0);
                     anyhow::ensure!(hits > 0, "nothing came from the REAPI cache: {report}");
                     record_traffic(report["bytes_uploaded"].as_u64().unwrap_or(0), report["bytes_downloaded"].as_u64().unwrap_or(0));
