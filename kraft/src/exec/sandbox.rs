@@ -103,22 +103,38 @@ impl Sandbox {
     /// Chooses the backend from `KRAFT_SANDBOX`: `bwrap` (the default) must
     /// work; `none` is the only way to run unconfined.
     pub fn new(mounts: Vec<Mount>, env: Vec<(String, String)>) -> Result<Sandbox> {
+        let sandbox = Sandbox::chosen(mounts, env)?;
+        sandbox.ensure_usable()?;
+        Ok(sandbox)
+    }
+
+    /// [`Sandbox::new`] without checking that bubblewrap works: enough to
+    /// compute keys, and what a no-op build needs (it runs nothing, so it
+    /// does not start the bwrap probe). Call [`Sandbox::ensure_usable`]
+    /// before running anything.
+    pub fn chosen(mounts: Vec<Mount>, env: Vec<(String, String)>) -> Result<Sandbox> {
         let backend = match crate::config::Config::get().sandbox.as_deref() {
             Some("none") => Backend::None,
-            None | Some("") | Some("bwrap") => {
-                if let Err(why) = bwrap_usable() {
-                    bail!(
-                        "bubblewrap is required to run build commands, and it is unusable: {why}\n  \
-                         help: install bubblewrap (`apt-get install bubblewrap`, or `bash .ci/setup`) and allow \
-                         unprivileged user namespaces; to build without any sandbox (outputs not hermetic, \
-                         cached apart from sandboxed ones) set KRAFT_SANDBOX=none explicitly"
-                    );
-                }
-                Backend::Bwrap
-            }
+            None | Some("") | Some("bwrap") => Backend::Bwrap,
             Some(other) => bail!("KRAFT_SANDBOX={other}: expected `bwrap` or `none`\n  help: unset it to use bubblewrap"),
         };
         Sandbox::with_backend(mounts, env, backend)
+    }
+
+    /// With bubblewrap, that it can create the namespaces we need (probed
+    /// once per process).
+    pub fn ensure_usable(&self) -> Result<()> {
+        if self.backend == Backend::Bwrap {
+            if let Err(why) = bwrap_usable() {
+                bail!(
+                    "bubblewrap is required to run build commands, and it is unusable: {why}\n  \
+                     help: install bubblewrap (`apt-get install bubblewrap`, or `bash .ci/setup`) and allow \
+                     unprivileged user namespaces; to build without any sandbox (outputs not hermetic, \
+                     cached apart from sandboxed ones) set KRAFT_SANDBOX=none explicitly"
+                );
+            }
+        }
+        Ok(())
     }
 
     pub fn with_backend(

@@ -183,7 +183,9 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
     // The mount map, built once: the sandbox, the executor and the snapshot
     // all use this one.
     let mounts = MountMap::new(prepared.input.mounts())?;
-    let sandbox = Sandbox::new(mounts.mounts().to_vec(), prepared.input.env.clone())?;
+    // Whether bubblewrap works is checked only past the no-op check: a
+    // no-op runs nothing.
+    let sandbox = Sandbox::chosen(mounts.mounts().to_vec(), prepared.input.env.clone())?;
     let key = plan::plan_key(&prepared.input, &sandbox)?;
     // One build of a target at a time; nothing changed since the last
     // successful build? Then no plan is loaded and no action looked at.
@@ -208,6 +210,7 @@ pub fn build_target(session: &Session, prepared: &Prepared) -> anyhow::Result<Ta
             wall: start.elapsed(),
         });
     }
+    sandbox.ensure_usable()?;
     // The team cache may hold this very plan (same plan key): then make does
     // not run here at all. One tier serves the plan and the actions.
     let plans = session.store.root().join("plans");
