@@ -66,6 +66,7 @@ pub const DEFER_MIN: u64 = 8 << 20;
 pub struct PendingBlob {
     host: Utf8PathBuf,
     blake3: String,
+    size: u64,
     stamp: Stamp,
 }
 
@@ -358,7 +359,7 @@ impl ActionCache {
         let (blake3, pending) = if defer && meta.len() >= DEFER_MIN {
             let (hash, _) = crate::util::hash::blake3_file(host.as_std_path()).with_context(|| format!("hashing {host}"))?;
             let hash = hash.to_hex().to_string();
-            let pending = (!self.store.has_blob(&hash)).then(|| PendingBlob { host: host.to_owned(), blake3: hash.clone(), stamp });
+            let pending = (!self.store.has_blob(&hash)).then(|| PendingBlob { host: host.to_owned(), blake3: hash.clone(), size: meta.len(), stamp });
             (hash, pending)
         } else {
             (self.store.insert_blob_file(host)?, None)
@@ -399,11 +400,11 @@ impl ActionCache {
             if !unchanged {
                 return Ok(());
             }
-            match self.store.insert_blob_file(&blob.host) {
-                Ok(hash) if hash == blob.blake3 => {}
-                Ok(_) => return Ok(()),
-                // Removed by a later action meanwhile: no entry, as above.
-                Err(_) if !blob.host.exists() => return Ok(()),
+            // Hashed when the action ended: read once more, to copy.
+            match self.store.insert_blob_file_hashed(&blob.host, &blob.blake3, blob.size) {
+                Ok(()) => {}
+                // Changed or removed by a later action meanwhile: no entry, as above.
+                Err(_) if fs::metadata(&blob.host).map(|m| Stamp::of(&m)).ok() != Some(blob.stamp) => return Ok(()),
                 Err(e) => return Err(e),
             }
         }

@@ -156,8 +156,15 @@ impl Store {
     pub fn insert_blob_file(&self, file: &Utf8Path) -> anyhow::Result<String> {
         let (hash, size) = crate::util::hash::blake3_file(file.as_std_path()).with_context(|| format!("hashing {file}"))?;
         let hash = hash.to_hex().to_string();
-        if self.has_blob(&hash) {
-            return Ok(hash);
+        self.insert_blob_file_hashed(file, &hash, size)?;
+        Ok(hash)
+    }
+
+    /// [`Store::insert_blob_file`] for a file already hashed (`hash`, `size`
+    /// bytes): read once, hashed again while copied, refused if it changed.
+    pub fn insert_blob_file_hashed(&self, file: &Utf8Path, hash: &str, size: u64) -> anyhow::Result<()> {
+        if self.has_blob(hash) {
+            return Ok(());
         }
         let mut source = fs::File::open(file).with_context(|| format!("opening {file}"))?;
         let mut staged = self.blob_tempfile()?;
@@ -192,8 +199,7 @@ impl Store {
         };
         let again = hasher.finalize().to_hex().to_string();
         anyhow::ensure!(again == hash, "output {file} changed while it was being stored");
-        self.publish_blob(staged, &hash, encoding)?;
-        Ok(hash)
+        self.publish_blob(staged, hash, encoding)
     }
 
     /// Store bytes as a blob (compressed when worth it); returns their blake3 hex.

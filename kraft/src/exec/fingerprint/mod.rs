@@ -134,7 +134,13 @@
 //! `fetch prepare`. Each gives the command the same files, environment and
 //! arguments: `tests/sandbox.rs` compares the answers of both sandboxes, and
 //! `two_clean_builds_in_different_places_are_bit_identical` builds one way
-//! and the other. Still not covered: tools other
+//! and the other. Nor whether an origin archive was pinned before `make
+//! fetch` ran or while it waited for it (`plan::fetches`): the stand-in
+//! copies the same bytes into place either way
+//! (`an_archive_chosen_by_kconfig_is_locked_built_and_rebuilt_offline`
+//! compares the images), nor when an output's blob reaches the store (at
+//! once, or by the background writer for large ones: keys use the hash
+//! taken when the action ends). Still not covered: tools other
 //! than the toolchain that a `Script` action runs (python, sed) are known to
 //! the plan key only by their stamps, and a header newly created earlier in
 //! the include path than the one last found is not noticed (as with ccache).

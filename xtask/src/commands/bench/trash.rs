@@ -67,13 +67,10 @@ pub fn empty() -> Result<()> {
 
 fn remove(path: &Utf8Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(meta) if meta.is_dir() => {
-            // Store trees are read-only.
-            let _ = std::process::Command::new("chmod").args(["-R", "u+w", path.as_str()]).status();
-            std::fs::remove_dir_all(path).with_context(|| format!("removing {path}"))
-        }
+        // Store trees are read-only: `remove_tree` makes them writable first.
+        Ok(meta) if meta.is_dir() => kraft::util::fs::remove_tree(path),
         Ok(_) => std::fs::remove_file(path).with_context(|| format!("removing {path}")),
+        Err(_) => Ok(()),
     }
 }
 
