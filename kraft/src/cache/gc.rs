@@ -158,10 +158,10 @@ pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcR
         }
     }
 
-    // Plans: last use is `plan.json`'s mtime (the build touches it on a hit).
+    // Plans: last use is the plan file's mtime (the build touches it on a hit).
     for (name, path) in subdirs(&root.join("plans")) {
         let Some(mut it) = item(path.clone()) else { continue };
-        if let Ok(used) = fs::metadata(path.join("plan.json")).and_then(|m| m.modified()) {
+        if let Ok(used) = fs::metadata(path.join(crate::plan::PLAN_FILE)).and_then(|m| m.modified()) {
             it.used = it.used.max(used);
         }
         let half_written = name.starts_with('.') && age(&it) >= options.grace;
@@ -297,7 +297,7 @@ mod tests {
         let plans = store.root().join("plans");
         for name in ["unused", "in-use", ".plan-half"] {
             fs::create_dir_all(plans.join(name).join("prepared")).unwrap();
-            fs::write(plans.join(name).join("plan.json"), "{}").unwrap();
+            fs::write(plans.join(name).join(crate::plan::PLAN_FILE), "{}").unwrap();
         }
         fs::create_dir_all(store.root().join("tmp")).unwrap();
         fs::write(store.root().join("tmp/.tmp-left-over"), "x").unwrap();
@@ -306,7 +306,7 @@ mod tests {
         let options = GcOptions { max_age: std::time::Duration::ZERO, grace: std::time::Duration::ZERO, ..GcOptions::default() };
         let report = collect_garbage(&store, &options).unwrap();
         assert!(!plans.join("unused").exists() && !plans.join(".plan-half").exists());
-        assert!(plans.join("in-use").join("plan.json").is_file(), "a plan a build holds stays");
+        assert!(plans.join("in-use").join(crate::plan::PLAN_FILE).is_file(), "a plan a build holds stays");
         assert!(!store.root().join("tmp/.tmp-left-over").exists());
         assert_eq!((report.removed_plans, report.removed_temp), (2, 1));
         drop(held);

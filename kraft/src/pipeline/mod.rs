@@ -64,7 +64,7 @@ impl OutputDir {
         };
         if plan.cached {
             // Best effort: the entry may be read-only.
-            let used = store.root().join("plans").join(&plan.key).join("plan.json");
+            let used = store.root().join("plans").join(&plan.key).join(crate::plan::PLAN_FILE);
             if let Ok(file) = std::fs::File::options().append(true).open(&used) {
                 let _ = file.set_modified(std::time::SystemTime::now());
             }

@@ -6,7 +6,7 @@
 //! ~3 MiB, so the store keeps it packed and a plan cache hit unpacks it.
 //!
 //! A fresh machine whose plan key the team has already planned fetches the
-//! entry's two files (`plan.json`, `prepared.tar.zst`) into its own plan
+//! entry's two files (`plan.json.zst`, `prepared.tar.zst`) into its own plan
 //! cache; `plan_with` then finds a local hit and make never runs. They are
 //! trusted the way an action entry is: the team cache's signed `ac/`
 //! document names their SHA-256s (see `cache::http`), and they land in a
@@ -157,7 +157,7 @@ fn write_inside(dir: &Utf8Path, host: &Utf8Path, existing: Option<&std::fs::Meta
 /// Fetches the plan of `input` from the team cache into `plans/<key>` when
 /// the plan cache lacks it; returns the bytes fetched when it did. The team
 /// cache names it by the shared plan key (tools by content: see
-/// [`super::key`]). A `plan.json` of another format is an error (it was
+/// [`super::key`]). A plan of another format is an error (it was
 /// signed: the publisher is at fault).
 pub fn fetch(tier: &RemoteTier, plans: &Utf8Path, key: &str, input: &PlanInput, sandbox: &Sandbox) -> Result<Option<u64>> {
     let entry = plans.join(key);

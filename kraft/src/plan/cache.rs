@@ -1,7 +1,11 @@
-//! The plan cache: `<cache>/<key>/plan.json` beside the prepared build dir
-//! packed as `prepared.tar.zst` (a tenth of the tree's size, and one file to
-//! share: see [`super::bundle`]), the build dir's marker, and the identities
-//! that go into the plan key.
+//! The plan cache: `<cache>/<key>/plan.json.zst` beside the prepared build
+//! dir packed as `prepared.tar.zst` (a tenth of the tree's size, and one
+//! file to share: see [`super::bundle`]), the build dir's marker, and the
+//! identities that go into the plan key.
+//!
+//! The plan is JSON compressed with zstd: helloworld+musl's is 14 MB of
+//! JSON, nearly all of it compile lines that differ in a file name, and
+//! 0.1 MB compressed. Raw, it was 7% of the store after one build.
 
 use anyhow::{Context, Result};
 use camino::Utf8Path;
@@ -51,23 +55,29 @@ pub fn fingerprint_build_files(dir: &Utf8Path) -> Result<String> {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct CachedPlan {
     format: u32,
-    warnings: Vec<String>,
-    graph: Graph,
+    pub warnings: Vec<String>,
+    pub graph: Graph,
     /// The origin archives planning placed (checked against the lock on a hit).
     #[serde(default)]
-    origins: Vec<PlacedOrigin>,
+    pub origins: Vec<PlacedOrigin>,
 }
 
 /// The files of a cache entry, `<cache>/<key>/<file>`.
-pub(crate) const PLAN_FILE: &str = "plan.json";
+pub(crate) const PLAN_FILE: &str = "plan.json.zst";
 pub(crate) const PREPARED_FILE: &str = "prepared.tar.zst";
 
-/// The graph and warnings of the cache entry `entry`, if it is complete and of this format.
-pub(crate) fn load_cached(entry: &Utf8Path) -> Result<Option<(Graph, Vec<String>)>> {
-    let file = entry.join(PLAN_FILE);
-    let Ok(text) = std::fs::read_to_string(&file) else { return Ok(None) };
-    match serde_json::from_str::<CachedPlan>(&text) {
-        Ok(c) if c.format == PLAN_FORMAT && entry.join(PREPARED_FILE).is_file() => Ok(Some((c.graph, c.warnings))),
+/// The zstd level of `plan.json.zst`: level 3 already gets 150×; higher
+/// levels gain a few KB and cost milliseconds on every plan made.
+const PLAN_ZSTD_LEVEL: i32 = 3;
+
+/// The cache entry `entry`, if it is complete and of this format. An entry
+/// that does not read (half-written, another format, corrupt) is `None`:
+/// the caller plans with make and replaces it.
+pub(crate) fn load_cached(entry: &Utf8Path) -> Result<Option<CachedPlan>> {
+    let Ok(packed) = std::fs::read(entry.join(PLAN_FILE)) else { return Ok(None) };
+    let Ok(json) = zstd::decode_all(packed.as_slice()) else { return Ok(None) };
+    match serde_json::from_slice::<CachedPlan>(&json) {
+        Ok(c) if c.format == PLAN_FORMAT && entry.join(PREPARED_FILE).is_file() => Ok(Some(c)),
         _ => Ok(None),
     }
 }
@@ -103,15 +113,6 @@ pub(crate) fn restore_prepared(entry: &Utf8Path, build: &Utf8Path, key: &str, gr
     Ok(true)
 }
 
-/// The origin archives a cached plan placed (none for an unreadable entry).
-pub(crate) fn load_cached_origins(entry: &Utf8Path) -> Vec<PlacedOrigin> {
-    std::fs::read_to_string(entry.join(PLAN_FILE))
-        .ok()
-        .and_then(|text| serde_json::from_str::<CachedPlan>(&text).ok())
-        .map(|c| c.origins)
-        .unwrap_or_default()
-}
-
 pub(crate) fn store_cached(entry: &Utf8Path, graph: &Graph, warnings: &[String], build: &Utf8Path) -> Result<()> {
     store_cached_with(entry, graph, warnings, build, &[])
 }
@@ -123,7 +124,8 @@ pub(crate) fn store_cached_with(entry: &Utf8Path, graph: &Graph, warnings: &[Str
     let tmp_path = Utf8Path::from_path(tmp.path()).unwrap();
     super::bundle::pack_tree(build, &tmp_path.join(PREPARED_FILE))?;
     let cached = CachedPlan { format: PLAN_FORMAT, warnings: warnings.to_vec(), graph: graph.clone(), origins: origins.to_vec() };
-    std::fs::write(tmp_path.join(PLAN_FILE), serde_json::to_vec(&cached)?)?;
+    let json = serde_json::to_vec(&cached)?;
+    std::fs::write(tmp_path.join(PLAN_FILE), zstd::encode_all(json.as_slice(), PLAN_ZSTD_LEVEL)?)?;
     let tmp_path = tmp.keep();
     if entry.exists() {
         std::fs::remove_dir_all(entry)?;

@@ -71,7 +71,7 @@ use crate::exec::sandbox::{Mount, Sandbox};
 use crate::plan::graph::Graph;
 
 pub use crate::plan::cache::fingerprint_build_files;
-pub(crate) use crate::plan::cache::{clear_dir, load_cached, restore_prepared, store_cached, write_marker};
+pub(crate) use crate::plan::cache::{clear_dir, load_cached, restore_prepared, store_cached, write_marker, PLAN_FILE};
 pub use crate::plan::edges::merge_in_place;
 pub use crate::plan::fetches::{OriginFetch, OriginProvider, PlacedOrigin};
 pub use crate::plan::make_n::parse_make_n;
@@ -203,8 +203,9 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
         let pinned = |placed: &[PlacedOrigin]| origins.is_none_or(|o| placed.iter().all(|p| o.still_pinned(p)));
-        if let Some((graph, warnings)) = load_cached(entry)?.filter(|_| pinned(&cache::load_cached_origins(entry))) {
-            if cache::restore_prepared(entry, &input.build, &key, &graph)? {
+        if let Some(cached) = load_cached(entry)?.filter(|c| pinned(&c.origins)) {
+            if cache::restore_prepared(entry, &input.build, &key, &cached.graph)? {
+                let (graph, warnings) = (cached.graph, cached.warnings);
                 return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
             }
         }

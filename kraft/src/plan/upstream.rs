@@ -104,8 +104,9 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
     let key = plan_key(input, &sandbox)?;
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
-        if let Some((graph, warnings)) = plan::load_cached(entry)? {
-            if plan::restore_prepared(entry, &input.build, &key, &graph)? {
+        if let Some(cached) = plan::load_cached(entry)? {
+            if plan::restore_prepared(entry, &input.build, &key, &cached.graph)? {
+                let (graph, warnings) = (cached.graph, cached.warnings);
                 return Ok(Plan { graph, key, cached: true, make_runs: 0, elapsed: start.elapsed(), warnings, make_seconds: Vec::new() });
             }
         }

@@ -1,4 +1,4 @@
-//! Bundles in the team cache: a few files (a cached plan's `plan.json` and
+//! Bundles in the team cache: a few files (a cached plan's `plan.json.zst` and
 //! `prepared.tar.zst`) as CAS blobs behind one signed `ac/` entry, whose key
 //! is derived from the bundle's kind and name so it can never equal an
 //! action key. See the protocol in the parent module.
