@@ -309,3 +309,58 @@ fn without_bwrap_a_build_stops_unless_sandbox_none_is_explicit() {
     assert_eq!(target["run"], target["actions"], "sandboxed build reused unsandboxed results: {target}");
     assert_eq!(target["make_runs"], 3, "the plan made unsandboxed was reused: {target}");
 }
+
+/// The bash stand-in of planning sandboxes (`exec::resident::shell`): make
+/// with `SHELL := /bin/bash`, as Unikraft sets it, prints the same and
+/// leaves the same tree with it as with bash itself, and it is in use.
+#[test]
+fn the_bash_stand_in_answers_as_bash() {
+    if !bwrap_or_skip("the_bash_stand_in_answers_as_bash") {
+        return;
+    }
+    let [plain, _] = World::both();
+    let mut stand_in = World::new(true);
+    stand_in.sandbox = stand_in.sandbox.clone().with_shell_stand_in();
+    let makefile = r#"SHELL := /bin/bash
+$(info mkdir: [$(shell mkdir -p deep/er/dir ./two)] $(.SHELLSTATUS))
+$(info again: [$(shell mkdir -p deep/er/dir)] $(.SHELLSTATUS))
+$(info over a file: [$(shell mkdir -p marker/sub)] $(.SHELLSTATUS))
+$(info option: [$(shell mkdir -p -m 700 moded)] $(.SHELLSTATUS))
+$(info env: $(sort $(shell env)))
+$(info env piped: $(shell env | sort | tr '\n' ' '))
+$(info missing: [$(shell no-such-tool -x)] $(.SHELLSTATUS))
+$(info pwd: $(shell pwd) $(shell /bin/pwd) $(shell cd deep && pwd))
+$(info compound: $(shell mkdir -p "x/y" && cd "x/y" >/dev/null && pwd))
+$(info status: [$(shell sh -c 'exit 3')] $(.SHELLSTATUS))
+all:
+	@echo recipe
+	mkdir -p from/recipe
+	env | sort > recipe-env
+	ls -la --time-style=+ deep two moded from | sed 's/ [0-9]* root root / /'
+"#;
+    let answers: Vec<(String, Vec<String>)> = [&plain, &stand_in]
+        .iter()
+        .map(|w| {
+            std::fs::write(w.root.join("build/Makefile"), makefile).unwrap();
+            let out = w.sandbox.run("make", Utf8Path::new("/kraft/build")).unwrap();
+            let said = format!("{:?}\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let mut tree: Vec<String> = walkdir::WalkDir::new(w.root.join("build"))
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|e| {
+                    let mode = std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+                    format!("{} {mode:o}", e.path().strip_prefix(w.root.as_std_path()).unwrap().display())
+                })
+                .collect();
+            tree.push(std::fs::read_to_string(w.root.join("build/recipe-env")).unwrap_or_default());
+            tree.sort();
+            (said, tree)
+        })
+        .collect();
+    assert!(answers[0].0.contains("mkdir: [] 0"), "{}", answers[0].0);
+    assert_eq!(answers[0], answers[1]);
+    // In use: a script bash must run is run by the real bash, bound apart.
+    let exe = |w: &World| w.run("readlink /proc/$$/exe; true").1;
+    assert_eq!(exe(&stand_in).trim(), kraft::exec::resident::REAL_BASH_INSIDE);
+    assert_ne!(exe(&plain).trim(), kraft::exec::resident::REAL_BASH_INSIDE);
+}

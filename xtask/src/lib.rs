@@ -23,7 +23,10 @@ pub fn main() -> ExitCode {
     kraft::exec::resident::serve_or_register();
     let flags = Flags::parse();
     let output = Output::new(flags.global.message_format);
-    match run(flags) {
+    let result = run(flags);
+    // What a plan set aside is removed once the work is done.
+    kraft::util::fs::remove_deferred();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             output.error(&err);

@@ -80,6 +80,9 @@ pub struct Sandbox {
     /// Whether `run` may use this thread's resident sandbox
     /// (`exec::resident`), when a runner is registered.
     resident: bool,
+    /// Whether this binary stands in for bash (`exec::resident::shell`):
+    /// planning sandboxes, where make starts bash for every `$(shell …)`.
+    shell_stand_in: bool,
     mounts: MountMap,
     env: Vec<(String, String)>,
     backend: Backend,
@@ -93,6 +96,12 @@ thread_local! {
 /// so far: what the build's timings count as sandbox starts.
 pub(crate) fn starts_on_this_thread() -> usize {
     STARTS.with(std::cell::Cell::get)
+}
+
+/// A new sandbox's id (see `Sandbox::id`).
+fn next_id() -> u64 {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The fixed part of every build command's environment.
@@ -147,14 +156,22 @@ impl Sandbox {
         if backend == Backend::None {
             warn_unsandboxed();
         }
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Sandbox { id, resident: true, mounts, env, backend })
+        Ok(Sandbox { id: next_id(), resident: true, shell_stand_in: false, mounts, env, backend })
     }
 
     /// Never a resident sandbox: every `run` starts bwrap afresh.
     pub fn per_action(mut self) -> Sandbox {
         self.resident = false;
+        self
+    }
+
+    /// With this binary standing in for bash (when it is registered; see
+    /// `exec::resident::shell`): for make's many `$(shell mkdir -p …)`.
+    /// The sandbox is new (another resident runner), and nothing a
+    /// command sees differs.
+    pub fn with_shell_stand_in(mut self) -> Sandbox {
+        self.id = next_id();
+        self.shell_stand_in = true;
         self
     }
 
@@ -251,6 +268,13 @@ impl Sandbox {
         }
         for (host, inside) in extra {
             cmd.arg("--ro-bind").arg(host).arg(inside);
+        }
+        if let Some(exe) = self.shell_stand_in.then(crate::exec::resident::shell_stand_in_exe).flatten() {
+            // Over bash at its real path (`/bin` may be a symlink to it).
+            if let Ok(bash) = std::fs::canonicalize(self.bash()) {
+                cmd.arg("--ro-bind").arg(&bash).arg(crate::exec::resident::REAL_BASH_INSIDE);
+                cmd.arg("--ro-bind").arg(exe).arg(&bash);
+            }
         }
         // The tmpfs root itself (where bwrap made `/kraft`) read-only
         // too: the build dir and the private /tmp are all that can

@@ -71,7 +71,7 @@ use crate::exec::sandbox::{Mount, Sandbox};
 use crate::plan::graph::Graph;
 
 pub use crate::plan::cache::fingerprint_build_files;
-pub(crate) use crate::plan::cache::{clear_dir, load_cached, restore_prepared, store_cached, write_marker, PLAN_FILE};
+pub(crate) use crate::plan::cache::{load_cached, set_aside, restore_prepared, store_cached, write_marker, PLAN_FILE};
 pub use crate::plan::edges::merge_in_place;
 pub use crate::plan::fetches::{OriginFetch, OriginProvider, PlacedOrigin};
 pub use crate::plan::make_n::parse_make_n;
@@ -198,7 +198,7 @@ pub fn plan(input: &PlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
 pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Option<&dyn OriginProvider>) -> Result<Plan> {
     let start = Instant::now();
     std::fs::create_dir_all(&input.build).with_context(|| format!("creating build dir {}", input.build))?;
-    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?;
+    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?.with_shell_stand_in();
     let key = plan_key(input, &sandbox)?;
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
@@ -211,6 +211,9 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
         }
     }
 
+    cache::set_aside(&input.build)?;
+    // Commands in a new sandbox: one started before sees the old dir.
+    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?.with_shell_stand_in();
     let make = input.make_command();
     let build = inside_build();
     let jobs = format!("-j{}", input.jobs.max(1));
@@ -238,7 +241,6 @@ pub fn plan_with(input: &PlanInput, cache_dir: Option<&Utf8Path>, origins: Optio
             crate::util::text::tail(&String::from_utf8_lossy(&out.stderr), 40)
         )
     };
-    clear_dir(&input.build)?;
     place_origins(input)?;
     write_defconfig(input)?;
     let args = format!("defconfig UK_DEFCONFIG={build}/kraft.defconfig");

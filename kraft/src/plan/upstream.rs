@@ -100,7 +100,7 @@ impl MakePlanInput {
 pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan> {
     let start = Instant::now();
     std::fs::create_dir_all(&input.build).with_context(|| format!("creating build dir {}", input.build))?;
-    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?;
+    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?.with_shell_stand_in();
     let key = plan_key(input, &sandbox)?;
     let entry = cache_dir.map(|c| c.join(&key));
     if let Some(entry) = &entry {
@@ -112,7 +112,9 @@ pub fn plan(input: &MakePlanInput, cache_dir: Option<&Utf8Path>) -> Result<Plan>
         }
     }
 
-    plan::clear_dir(&input.build)?;
+    plan::set_aside(&input.build)?;
+    // Commands in a new sandbox: one started before sees the old dir.
+    let sandbox = Sandbox::new(input.mounts(), input.env.clone())?.with_shell_stand_in();
     let build = inside_build();
     let mut make_runs = 0;
     let make_seconds = std::cell::RefCell::new(Vec::new());

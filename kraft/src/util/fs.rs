@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::ffi::OsStr;
 use std::path::Path;
 
-use camino::Utf8Path;
+use camino::{Utf8Path, Utf8PathBuf};
 
 /// Write `bytes` to `path` through a temporary file in the same directory
 /// and a rename, so readers see the old or the new contents, never a mix.
@@ -107,6 +107,24 @@ pub fn remove_tree(dir: &Utf8Path) -> Result<()> {
     }
     make_writable(dir)?;
     fs::remove_dir_all(dir).with_context(|| format!("removing {dir}"))
+}
+
+/// Trees to remove when the command is done ([`remove_deferred`]).
+static DEFERRED: std::sync::Mutex<Vec<Utf8PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes `dir` when the command is done, not now (see
+/// `plan::cache::set_aside` for why).
+pub fn remove_later(dir: Utf8PathBuf) {
+    DEFERRED.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+}
+
+/// Removes every tree given to [`remove_later`]; one that cannot be is
+/// left (the next set-aside of the same dir removes it first).
+pub fn remove_deferred() {
+    let dirs = std::mem::take(&mut *DEFERRED.lock().unwrap_or_else(|e| e.into_inner()));
+    for dir in dirs {
+        let _ = remove_tree(&dir);
+    }
 }
 
 #[cfg(test)]

@@ -29,13 +29,17 @@
 //! | `mod.rs` | the host side: one runner per worker thread and sandbox, the protocol |
 //! | `runner.rs` | the runner inside: run, clean up, answer |
 //! | `simple.rs` | commands that need no shell, and what bash would give them |
+//! | `shell.rs` | the same binary as a stand-in for bash in planning sandboxes |
 //!
 //! Protocol (host → runner): a little-endian `u32` length, then a JSON
 //! [`Request`]. Runner → host: the raw wait status (`i32`), then stdout and
 //! stderr, each as a `u32` length and its bytes. End of input ends the runner.
 
 mod runner;
+mod shell;
 mod simple;
+
+pub use shell::REAL_BASH_INSIDE;
 
 use std::cell::RefCell;
 use std::io::{BufReader, Read, Write};
@@ -60,6 +64,7 @@ static RUNNER_EXE: OnceLock<Utf8PathBuf> = OnceLock::new();
 /// [`RUNNER_ARG`] it serves and exits; otherwise it registers itself as the
 /// runner for this process's sandboxes.
 pub fn serve_or_register() {
+    shell::serve_if_started_as_bash();
     if std::env::args_os().nth(1).is_some_and(|a| a == RUNNER_ARG) {
         std::process::exit(match runner::serve() {
             Ok(()) => 0,
@@ -83,6 +88,13 @@ pub fn serve_or_register() {
 /// Use `exe` (a binary that calls [`serve_or_register`]) as the runner.
 pub fn register(exe: Utf8PathBuf) {
     let _ = RUNNER_EXE.set(exe);
+}
+
+/// The registered binary, as the bash stand-in of a planning sandbox
+/// (`shell`), unless `KRAFT_SANDBOX_RESIDENT=0` keeps this binary out of
+/// sandboxes.
+pub(crate) fn shell_stand_in_exe() -> Option<&'static Utf8Path> {
+    runner_exe()
 }
 
 fn runner_exe() -> Option<&'static Utf8Path> {
