@@ -203,6 +203,64 @@ fn fresh_checkout_with_a_warm_store_runs_nothing() {
     let a = std::fs::read(app.ws.join("target/kraft/app-hello/linuxu-x86_64/hello_linuxu-x86_64")).unwrap();
     let b = std::fs::read(other.join("target/kraft/app-hello/linuxu-x86_64/hello_linuxu-x86_64")).unwrap();
     assert!(a == b, "images differ");
+
+    // Nothing ran, so the objects stayed in the store (`exec::in_store`):
+    // the state lists them, and the build dir does not hold them.
+    let objects = |ws: &camino::Utf8Path| -> BTreeSet<String> {
+        let build = ws.join("target/kraft/app-hello/linuxu-x86_64/build");
+        walkdir::WalkDir::new(&build)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".o"))
+            .map(|e| e.path().strip_prefix(build.as_std_path()).unwrap().display().to_string())
+            .collect()
+    };
+    let all = objects(&app.ws);
+    assert!(all.len() >= 4, "{all:?}");
+    let state: Value = serde_json::from_slice(&std::fs::read(other.join("target/kraft/app-hello/linuxu-x86_64/state.json")).unwrap()).unwrap();
+    let left = state["in_store"].as_array().map_or(0, Vec::len);
+    assert!(left >= all.len(), "{left} outputs left in the store, {} objects: {state}", all.len());
+    assert!(objects(&other).is_empty(), "{:?}", objects(&other));
+
+    // A bad setting is an error that says what to write.
+    let out = xtask(&other, &app.store, &[("KRAFT_ARCHIVE_DIR", archives.as_str()), ("KRAFT_MATERIALIZE", "some")], &["build", "app-hello"]);
+    assert_fails_with(&out, "KRAFT_MATERIALIZE=some: expected `needed` or `all`");
+    // `all` writes them, byte for byte the first checkout's, running nothing.
+    let out = xtask(&other, &app.store, &[("KRAFT_ARCHIVE_DIR", archives.as_str()), ("KRAFT_MATERIALIZE", "all")], &["build", "app-hello"]);
+    assert_ok(&out);
+    assert_eq!(objects(&other), all);
+    for rel in &all {
+        let [x, y] = [&app.ws, &other].map(|ws| std::fs::read(ws.join("target/kraft/app-hello/linuxu-x86_64/build").join(rel)).unwrap());
+        assert!(x == y, "{rel} differs");
+    }
+}
+
+/// Outputs left in the store are written before the first command of a
+/// later build runs: an edit after a fresh checkout compiles and links
+/// against every object, as after a build that wrote them all.
+#[test]
+fn a_command_after_a_build_that_left_objects_in_the_store_sees_them_all() {
+    let app = App::local();
+    assert!(app.build().ok);
+    let build = app.ws.join("target/kraft/app-hello/linuxu-x86_64/build");
+    let objects = || -> BTreeSet<String> {
+        walkdir::WalkDir::new(&build)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".o"))
+            .map(|e| e.path().strip_prefix(build.as_std_path()).unwrap().display().to_string())
+            .collect()
+    };
+    let all = objects();
+    std::fs::remove_dir_all(app.ws.join("target/kraft/app-hello")).unwrap();
+    let fresh = app.build();
+    assert!(fresh.ok, "{}", fresh.stderr);
+    assert!(objects().is_empty(), "objects stay in the store: {:?}", objects());
+    app.edit("app-hello/main.c", "return 0;", "puts(\"edited\"); return 0;");
+    let edited = app.build();
+    assert!(edited.ok, "{}", edited.stderr);
+    assert_eq!(objects(), all, "every object is written before the compile runs");
+    assert!(app.run_image().contains("edited"));
 }
 
 #[test]

@@ -41,6 +41,10 @@ pub struct Config {
     /// `KRAFT_SANDBOX_RESIDENT=0`: a sandbox per action instead of one
     /// long-lived sandbox per worker (`exec::resident`).
     pub sandbox_per_action: bool,
+    /// `KRAFT_MATERIALIZE`: `needed` (the default) leaves objects restored
+    /// from the cache in the store until a command needs them; `all`
+    /// writes every output (`exec::in_store`).
+    pub materialize: Option<String>,
     /// `PATH`, where `doctor` looks host programs up.
     pub path: Option<OsString>,
     pub remote_cache: Option<String>,
@@ -84,6 +88,7 @@ impl Config {
             sandbox: text("KRAFT_SANDBOX"),
             sandbox_path: text("KRAFT_SANDBOX_PATH"),
             sandbox_per_action: matches!(text("KRAFT_SANDBOX_RESIDENT").as_deref().map(str::trim), Some("0" | "false" | "no" | "off")),
+            materialize: text("KRAFT_MATERIALIZE"),
             path: std::env::var_os("PATH"),
             remote_cache: std::env::var("KRAFT_REMOTE_CACHE").ok(),
             remote_upload: yes("KRAFT_REMOTE_UPLOAD"),

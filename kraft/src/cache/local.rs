@@ -419,13 +419,28 @@ impl ActionCache {
         entry: &Entry,
         to_host: &dyn Fn(&Utf8Path) -> Utf8PathBuf,
     ) -> anyhow::Result<Option<Vec<Restored>>> {
-        for out in &entry.outputs {
+        self.restore_outputs(&entry.outputs, to_host)
+    }
+
+    /// Whether the store holds the bytes of every output of `entry`.
+    pub fn holds_outputs(&self, entry: &Entry) -> bool {
+        entry.outputs.iter().all(|out| self.store.has_blob(&out.blake3))
+    }
+
+    /// [`ActionCache::restore`] for outputs of any provenance (outputs a
+    /// build left in the store: see `exec::in_store`).
+    pub fn restore_outputs(
+        &self,
+        outputs: &[CachedOutput],
+        to_host: &dyn Fn(&Utf8Path) -> Utf8PathBuf,
+    ) -> anyhow::Result<Option<Vec<Restored>>> {
+        for out in outputs {
             if !self.store.has_blob(&out.blake3) {
                 return Ok(None);
             }
         }
-        let mut staged = Vec::with_capacity(entry.outputs.len());
-        for out in &entry.outputs {
+        let mut staged = Vec::with_capacity(outputs.len());
+        for out in outputs {
             let host = to_host(&out.path);
             let dir = host.parent().expect("output has a parent");
             fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;

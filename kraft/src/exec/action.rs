@@ -33,6 +33,8 @@ pub(crate) struct Shared<'a> {
     /// At most `-j` local commands at once (more actions may be in flight
     /// when they mostly wait on a team cache or an engine).
     pub local_slots: &'a super::slots::Slots,
+    /// Outputs restored from the cache but left in the store.
+    pub in_store: &'a super::in_store::InStore,
 }
 
 pub(crate) enum Done {
@@ -169,11 +171,21 @@ impl Shared<'_> {
                 continue;
             }
             let to_host = |p: &Utf8Path| self.mounts.to_host(p).unwrap_or_else(|| p.to_owned());
-            let Some(restored) = self.clock.time(Phase::Restore, || self.cache.restore(&entry, &to_host))? else { continue };
             let mut outputs = Vec::new();
-            for r in restored {
-                self.stats.record(r.path.as_str(), &r.host, r.stamp, r.hash, r.hashed_at_ns);
-                outputs.push(OutputRecord { path: r.path, hash: r.hash, mode: r.mode });
+            let left = self.in_store.may_leave(action.kind)
+                && self.cache.holds_outputs(&entry)
+                && self.clock.time(Phase::Restore, || self.in_store.leave(&entry.outputs, &to_host, self.stats))?;
+            if left {
+                for out in &entry.outputs {
+                    let hash = Hash::from_hex(&out.blake3).context("a cache entry with a malformed blob hash")?;
+                    outputs.push(OutputRecord { path: out.path.clone(), hash, mode: out.mode });
+                }
+            } else {
+                let Some(restored) = self.clock.time(Phase::Restore, || self.cache.restore(&entry, &to_host))? else { continue };
+                for r in restored {
+                    self.stats.record(r.path.as_str(), &r.host, r.stamp, r.hash, r.hashed_at_ns);
+                    outputs.push(OutputRecord { path: r.path, hash: r.hash, mode: r.mode });
+                }
             }
             fp.discovered = discovered;
             let record = Box::new(ActionRecord { key: fp.key(), fingerprint: fp, outputs });
@@ -186,7 +198,10 @@ impl Shared<'_> {
             });
         }
 
-        // Run.
+        // Run, in the build dir a build that restored everything would
+        // show the command.
+        let to_host = |p: &Utf8Path| self.mounts.to_host(p).unwrap_or_else(|| p.to_owned());
+        self.clock.time(Phase::Restore, || self.in_store.write_all(&self.cache, &to_host, self.stats))?;
         started(&reason);
         // Outputs that are also inputs are updated in place (objcopy
         // --update-section, multiboot.py on the image): keep them.

@@ -27,6 +27,7 @@
 //! | `fingerprint/` | the keys and the table of every input (`mod.rs`), why an action is dirty, depfiles, the toolchain |
 //! | `mounts.rs` | the mount map: inside path ↔ host path, once per target |
 //! | `stat_cache.rs` | content hashes trusted while the stat stamp holds |
+//! | `in_store.rs` | outputs restored from the cache but left in the store until a command needs them |
 //! | `state.rs` | the build dir's records, on disk |
 //! | `noop.rs` | the no-op snapshot |
 //! | `lock.rs` | build-directory locks that wait |
@@ -37,6 +38,7 @@
 //! | `remote/` | actions as REAPI Actions: remote cache, remote execution, the worker |
 
 mod action;
+pub mod in_store;
 pub(crate) mod slots;
 pub mod explain;
 pub mod lock;

@@ -13,6 +13,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::cache::local::ActionCache;
 use crate::exec::action::{Done, Failure, Shared};
+use crate::exec::in_store::InStore;
 use crate::exec::fingerprint::toolchain::probe_memo;
 use crate::exec::fingerprint::{env_hash, DirtyReason, Toolchain, ToolchainSpec};
 use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, StatCache};
@@ -50,7 +51,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let _lock = lock_build_dir(&ctx.state_path)?;
     let mounts = ctx.runner.mounts();
     let hosts = mounts.listing();
-    let BuildState { actions: mut records, stats, last_build: _, toolchain: old_toolchain, mounts: old_hosts } =
+    let BuildState { actions: mut records, stats, last_build: _, toolchain: old_toolchain, mounts: old_hosts, in_store: old_in_store } =
         BuildState::load(&ctx.state_path);
     // The stat cache is keyed by inside paths: its stamps are those of the
     // files behind the last build's mounts. Under a mount now backed by
@@ -77,17 +78,26 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let clock = crate::timings::Clock::default();
     let jobs = ctx.jobs.max(1);
     let local_slots = super::slots::Slots::new(jobs);
+    let cache = ActionCache::new(ctx.store).with_remote(remote.clone());
+    let in_store = InStore::new(crate::exec::in_store::setting()?);
+    seed_in_store(&in_store, &old_in_store, &records, ctx.store, mounts, &stats)?;
     let shared = Shared {
+        in_store: &in_store,
         local_slots: &local_slots,
         clock: &clock,
         runner: ctx.runner,
         mounts,
-        cache: ActionCache::new(ctx.store).with_remote(remote.clone()),
+        cache,
         stats: &stats,
         env: env_hash(&toolchain, &identity),
         reapi: ctx.reapi,
         toolchain: toolchain.id,
     };
+    if !in_store.enabled() {
+        // `KRAFT_MATERIALIZE=all`: what an earlier build left is written now.
+        let to_host = |p: &Utf8Path| mounts.to_host(p).unwrap_or_else(|| p.to_owned());
+        in_store.write_all(&shared.cache, &to_host, &stats)?;
+    }
 
     // Dependency counts (deduplicated edges).
     let mut waiting: Vec<usize> = vec![0; total];
@@ -312,6 +322,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
             last_build: LastBuild { started_ns, succeeded: failure.is_none() && !cycle, entries: log },
             toolchain: toolchain.components.clone(),
             mounts: hosts,
+            in_store: in_store.left(),
         };
         state.save(&ctx.state_path)?;
     }
@@ -325,6 +336,32 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
         anyhow::bail!("dependency cycle: {} of {total} actions could not be scheduled", total - done);
     }
     Ok(report)
+}
+
+/// Hands `in_store` the outputs the last build left in the store that are
+/// still absent from their path and whose bytes the store still holds (an
+/// output that lost either is missing, and its action runs or restores).
+/// When outputs may not stay in the store, they are written now.
+fn seed_in_store(
+    in_store: &InStore,
+    left: &std::collections::BTreeSet<Utf8PathBuf>,
+    records: &std::collections::BTreeMap<String, ActionRecord>,
+    store: &crate::store::Store,
+    mounts: &crate::exec::mounts::MountMap,
+    stats: &StatCache,
+) -> anyhow::Result<()> {
+    if left.is_empty() {
+        return Ok(());
+    }
+    let to_host = |p: &Utf8Path| mounts.to_host(p).unwrap_or_else(|| p.to_owned());
+    for out in records.values().flat_map(|r| &r.outputs).filter(|o| left.contains(&o.path)) {
+        let blake3 = out.hash.to_hex().to_string();
+        if fs::symlink_metadata(to_host(&out.path)).is_err() && store.has_blob(&blake3) {
+            let output = crate::cache::local::CachedOutput { path: out.path.clone(), blake3, size: 0, mode: out.mode, sha256: None, zstd_size: None };
+            in_store.seed(output, stats)?;
+        }
+    }
+    Ok(())
 }
 
 /// One build at a time per build dir: a second one waits (see

@@ -185,6 +185,13 @@ impl StatCache {
         }
     }
 
+    /// An output whose bytes this build left in the store (see
+    /// `exec::in_store`): absent from its path, known by its hash.
+    pub fn record_in_store(&self, key: &str, hash: Hash) {
+        self.seen.lock().unwrap().insert(key.to_owned(), Some(hash));
+        self.used.lock().unwrap().insert(key.to_owned());
+    }
+
     /// Resolve racy entries before saving: wait out the timestamp granularity
     /// (at most ~50 ms), then rehash the files written too close to their
     /// hashing. An entry that would need a longer wait is dropped instead (the

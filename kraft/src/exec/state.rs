@@ -20,7 +20,7 @@
 //! state: the next build recomputes every key (and mostly restores from the
 //! action cache), it never fails because of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 
 use anyhow::Context;
@@ -91,6 +91,9 @@ pub struct BuildState {
     /// [`MountMap::listing`](crate::exec::mounts::MountMap::listing) of the
     /// last build: whose files the stat cache's stamps describe.
     pub mounts: String,
+    /// Outputs whose bytes the last build left in the store instead of
+    /// the build dir (see [`crate::exec::in_store`]).
+    pub in_store: BTreeSet<Utf8PathBuf>,
 }
 
 // ---- on-disk form -------------------------------------------------------
@@ -109,6 +112,9 @@ struct Disk {
     toolchain: Vec<(String, u32)>,
     #[serde(default)]
     mounts: String,
+    /// Outputs left in the store (paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    in_store: Vec<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -197,7 +203,9 @@ impl BuildState {
             stats.insert(path(p)?, StatEntry { stamp: Stamp { mtime_ns, ctime_ns, size, ino }, hash: hash(h)?, hashed_at_ns });
         }
         let toolchain = disk.toolchain.iter().map(|(k, h)| Some((k.clone(), hash(*h)?))).collect::<Option<_>>()?;
+        let in_store = disk.in_store.iter().map(|&p| path(p).map(Utf8PathBuf::from)).collect::<Option<_>>()?;
         Some(BuildState {
+            in_store,
             actions,
             stats: StatCache::from_entries(stats),
             last_build: disk.last_build,
@@ -236,6 +244,7 @@ impl BuildState {
             .collect();
         stats.sort_unstable();
         let toolchain = self.toolchain.iter().map(|(k, h)| (k.clone(), ix.hash(h))).collect();
+        let in_store = self.in_store.iter().map(|p| ix.path(p.as_str())).collect();
         let disk = Disk {
             version: STATE_VERSION,
             paths: ix.paths,
@@ -245,6 +254,7 @@ impl BuildState {
             last_build: self.last_build.clone(),
             toolchain,
             mounts: self.mounts.clone(),
+            in_store,
         };
         serde_json::to_vec(&disk).expect("state serializes")
     }

@@ -27,8 +27,9 @@ use crate::store::Store;
 /// work dir), held for the length of a build.
 pub struct OutputDir {
     pub dir: Utf8PathBuf,
-    /// Key of the no-op snapshot: the plan key and the host directories
-    /// behind the mounts (another checkout is another snapshot).
+    /// Key of the no-op snapshot: the plan key, the host directories
+    /// behind the mounts (another checkout is another snapshot), and
+    /// whether outputs may stay in the store.
     noop_key: String,
     _lock: std::fs::File,
 }
@@ -38,7 +39,10 @@ impl OutputDir {
     pub fn open(dir: &Utf8Path, plan_key: &str, mounts: &MountMap) -> Result<OutputDir> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating directory {dir}"))?;
         let lock = crate::exec::lock::wait_for(&dir.join(".lock"), dir)?;
-        Ok(OutputDir { dir: dir.to_owned(), noop_key: format!("{plan_key}+mounts:{}", mounts.host_digest()), _lock: lock })
+        // `KRAFT_MATERIALIZE=all` after a build that left outputs in the
+        // store is not a no-op: it writes them.
+        let materialize = if crate::exec::in_store::setting()? { "" } else { "+materialize:all" };
+        Ok(OutputDir { dir: dir.to_owned(), noop_key: format!("{plan_key}+mounts:{}{materialize}", mounts.host_digest()), _lock: lock })
     }
 
     pub fn state_path(&self) -> Utf8PathBuf {

@@ -70,6 +70,9 @@ struct Built {
     restored: usize,
     needless: Vec<String>,
     outputs: Outputs,
+    /// Outputs (keys of `outputs`) the build left in the store
+    /// (`exec::in_store`): their bytes are the blob their hash names.
+    in_store: std::collections::HashSet<String>,
 }
 
 struct Corpus<'a> {
@@ -171,7 +174,7 @@ impl Corpus<'_> {
         }
         let out_dir = self.out_dir(target_dir)?;
         let after = BuildState::load(&out_dir.join("state.json"));
-        let mut built = Built { out_dir: out_dir.clone(), ran: 0, restored: 0, needless: Vec::new(), outputs: Outputs::new() };
+        let mut built = Built { out_dir: out_dir.clone(), ran: 0, restored: 0, needless: Vec::new(), outputs: Outputs::new(), in_store: Default::default() };
         // A no-op build leaves the state untouched: its log is the last one.
         let did_work = before.as_ref().is_none_or(|b| b.last_build.started_ns != after.last_build.started_ns);
         if did_work {
@@ -196,7 +199,15 @@ impl Corpus<'_> {
         for record in after.actions.values() {
             for o in &record.outputs {
                 if let Some(rel) = o.path.strip_prefix("/kraft/build").ok() {
-                    built.outputs.insert(rel.to_string(), hash_file(&build_dir.join(rel)));
+                    // An output left in the store (`exec::in_store`) is its
+                    // blob, named by the hash of its bytes.
+                    let hash = if after.in_store.contains(&o.path) && !build_dir.join(rel).exists() {
+                        built.in_store.insert(rel.to_string());
+                        o.hash.to_hex().to_string()
+                    } else {
+                        hash_file(&build_dir.join(rel))
+                    };
+                    built.outputs.insert(rel.to_string(), hash);
                 }
             }
         }
@@ -337,12 +348,17 @@ fn run_corpus(corpus: &Corpus<'_>, args: &CheckExactArgs, start: &World, scratch
         };
         world.expected_error.clear();
         // Every file the reference build's actions wrote, read from the
-        // incremental build's directories (not from its records).
+        // incremental build's directories (not from its records), or for
+        // an output it left in the store, the hash its blob is named by.
         let file_of = |key: &str| match key.strip_prefix("installed:") {
             Some(name) => built.out_dir.join(name),
             None => built.out_dir.join("build").join(key),
         };
-        let stale: Vec<&String> = reference.iter().filter(|(k, v)| hash_file(&file_of(k)) != **v).map(|(k, _)| k).collect();
+        let actual = |key: &str| match built.in_store.contains(key) {
+            true => built.outputs.get(key).cloned().unwrap_or_default(),
+            false => hash_file(&file_of(key)),
+        };
+        let stale: Vec<&String> = reference.iter().filter(|(k, v)| actual(k) != **v).map(|(k, _)| k).collect();
         checked += 1;
         needless += built.needless.len();
         let verdict = if !stale.is_empty() {
