@@ -453,9 +453,16 @@ fn a_read_only_client_reads_and_never_writes() {
     let (report, _) = other.build(Some(&cache));
     assert_eq!((report.run, report.remote_hits), (0, 6));
     assert_eq!(server.puts(), puts);
+    // The objects came down into the store, where they stay until a
+    // command needs them (`exec::in_store`); the app is written.
+    let state = kraft::exec::state::BuildState::load(&other.state);
     for compile in COMPILES {
-        assert!(other.output(compile).is_file());
+        assert!(!other.output(compile).exists(), "{compile} stays in the store");
+        assert!(state.in_store.contains(&Utf8PathBuf::from("/kraft/build").join(compile)), "{compile}: {:?}", state.in_store);
+        let record = state.actions.values().flat_map(|r| &r.outputs).find(|o| o.path.ends_with(compile)).unwrap();
+        assert!(other.store.has_blob(record.hash.to_hex().as_str()));
     }
+    assert_eq!(other.run_app(), APP_OUTPUT);
 }
 
 // ------------------------------------------------ cache verify / cache gc

@@ -422,9 +422,16 @@ impl ActionCache {
         self.restore_outputs(&entry.outputs, to_host)
     }
 
-    /// Whether the store holds the bytes of every output of `entry`.
-    pub fn holds_outputs(&self, entry: &Entry) -> bool {
-        entry.outputs.iter().all(|out| self.store.has_blob(&out.blake3))
+    /// Whether the store holds the bytes of every output of `entry`, each
+    /// read and hashed (a corrupt one is removed: the entry is a miss, as
+    /// it is for [`ActionCache::restore`]).
+    pub fn holds_outputs(&self, entry: &Entry) -> anyhow::Result<bool> {
+        for out in &entry.outputs {
+            if !self.store.verify_blob(&out.blake3)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// [`ActionCache::restore`] for outputs of any provenance (outputs a

@@ -307,6 +307,38 @@ impl Store {
         }
     }
 
+    /// Whether blob `hash` is in the store and its bytes hash to its name,
+    /// read without being written anywhere. A corrupt blob is removed, as
+    /// [`Store::restore_blob`] removes it.
+    pub fn verify_blob(&self, hash: &str) -> anyhow::Result<bool> {
+        let Some(blob) = self.blob_file(hash) else { return Ok(false) };
+        let file = match fs::File::open(&blob.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", blob.path)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let read = match blob.encoding {
+            BlobEncoding::Raw => hasher.update_reader(file).map(|_| ()),
+            BlobEncoding::Zstd => zstd::stream::read::Decoder::new(file).and_then(|mut decoder| {
+                copy_hashing(&mut decoder, &mut io::sink(), |b| {
+                    hasher.update(b);
+                })
+                .map(|_| ())
+            }),
+        };
+        let good = match read {
+            Ok(()) => hasher.finalize().to_hex().as_str() == hash,
+            // A frame that does not decode is corruption, like a wrong hash.
+            Err(e) if matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof) => false,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", blob.path)),
+        };
+        if !good {
+            let _ = fs::remove_file(&blob.path);
+        }
+        Ok(good)
+    }
+
     /// The uncompressed bytes of a blob, verified against its name (`None`
     /// when missing or corrupt).
     pub fn read_blob(&self, hash: &str) -> Option<Vec<u8>> {
