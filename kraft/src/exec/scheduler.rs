@@ -354,7 +354,13 @@ fn seed_in_store(
         return Ok(());
     }
     let to_host = |p: &Utf8Path| mounts.to_host(p).unwrap_or_else(|| p.to_owned());
+    // A path that two records name (an action renamed since) is not
+    // trusted: it counts as missing.
+    let mut named: std::collections::HashMap<&Utf8PathBuf, Option<&crate::exec::state::OutputRecord>> = Default::default();
     for out in records.values().flat_map(|r| &r.outputs).filter(|o| left.contains(&o.path)) {
+        named.entry(&out.path).and_modify(|seen| *seen = None).or_insert(Some(out));
+    }
+    for out in named.into_values().flatten() {
         let blake3 = out.hash.to_hex().to_string();
         if fs::symlink_metadata(to_host(&out.path)).is_err() && store.has_blob(&blake3) {
             let output = crate::cache::local::CachedOutput { path: out.path.clone(), blake3, size: 0, mode: out.mode, sha256: None, zstd_size: None };
