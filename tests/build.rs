@@ -41,6 +41,16 @@ impl Build {
     }
 }
 
+/// The object files under `build`, relative to it.
+fn objects_in(build: &camino::Utf8Path) -> BTreeSet<String> {
+    walkdir::WalkDir::new(build)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".o"))
+        .map(|e| e.path().strip_prefix(build.as_std_path()).unwrap().display().to_string())
+        .collect()
+}
+
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -206,15 +216,7 @@ fn fresh_checkout_with_a_warm_store_runs_nothing() {
 
     // Nothing ran, so the objects stayed in the store (`exec::in_store`):
     // the state lists them, and the build dir does not hold them.
-    let objects = |ws: &camino::Utf8Path| -> BTreeSet<String> {
-        let build = ws.join("target/kraft/app-hello/linuxu-x86_64/build");
-        walkdir::WalkDir::new(&build)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".o"))
-            .map(|e| e.path().strip_prefix(build.as_std_path()).unwrap().display().to_string())
-            .collect()
-    };
+    let objects = |ws: &camino::Utf8Path| objects_in(&ws.join("target/kraft/app-hello/linuxu-x86_64/build"));
     let all = objects(&app.ws);
     assert!(all.len() >= 4, "{all:?}");
     let state: Value = serde_json::from_slice(&std::fs::read(other.join("target/kraft/app-hello/linuxu-x86_64/state.json")).unwrap()).unwrap();
@@ -243,14 +245,7 @@ fn a_command_after_a_build_that_left_objects_in_the_store_sees_them_all() {
     let app = App::local();
     assert!(app.build().ok);
     let build = app.ws.join("target/kraft/app-hello/linuxu-x86_64/build");
-    let objects = || -> BTreeSet<String> {
-        walkdir::WalkDir::new(&build)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".o"))
-            .map(|e| e.path().strip_prefix(build.as_std_path()).unwrap().display().to_string())
-            .collect()
-    };
+    let objects = || objects_in(&build);
     let all = objects();
     std::fs::remove_dir_all(app.ws.join("target/kraft/app-hello")).unwrap();
     let fresh = app.build();

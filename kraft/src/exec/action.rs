@@ -172,9 +172,9 @@ impl Shared<'_> {
             }
             let to_host = |p: &Utf8Path| self.mounts.to_host(p).unwrap_or_else(|| p.to_owned());
             let mut outputs = Vec::new();
-            let left = self.in_store.may_leave(action.kind)
+            let left = self.in_store.may_leave(action.kind, &entry.outputs, &to_host)
                 && self.clock.time(Phase::Restore, || -> anyhow::Result<bool> {
-                    Ok(self.cache.holds_outputs(&entry)? && self.in_store.leave(&entry.outputs, &to_host, self.stats)?)
+                    Ok(self.cache.holds_outputs(&entry)? && self.in_store.leave(&entry.outputs, self.stats)?)
                 })?;
             if left {
                 for out in &entry.outputs {

@@ -71,24 +71,23 @@ impl InStore {
         self.enabled
     }
 
-    /// Whether an action of `kind` may leave its outputs in the store.
-    pub fn may_leave(&self, kind: ActionKind) -> bool {
-        self.enabled && matches!(kind, ActionKind::Compile | ActionKind::PartialLink)
+    /// Whether an action of `kind` may leave `outputs` in the store:
+    /// compiles and partial links, where nothing is at their paths (a file
+    /// there, of another version, is replaced by restoring as always).
+    /// Checked before their blobs are read.
+    pub fn may_leave(&self, kind: ActionKind, outputs: &[CachedOutput], to_host: &dyn Fn(&Utf8Path) -> Utf8PathBuf) -> bool {
+        self.enabled
+            && matches!(kind, ActionKind::Compile | ActionKind::PartialLink)
+            && outputs.iter().all(|out| std::fs::symlink_metadata(to_host(&out.path)).is_err())
     }
 
     /// Leaves `outputs` (restored from the cache; their bytes are in the
-    /// store) there, and tells `stats` their hashes. `false`: a command has
-    /// run in this build, or something is at one of their paths, and the
-    /// caller restores them.
-    pub fn leave(&self, outputs: &[CachedOutput], to_host: &dyn Fn(&Utf8Path) -> Utf8PathBuf, stats: &StatCache) -> anyhow::Result<bool> {
+    /// store, verified) there, and tells `stats` their hashes. `false`: a
+    /// command has run in this build, and the caller restores them.
+    pub fn leave(&self, outputs: &[CachedOutput], stats: &StatCache) -> anyhow::Result<bool> {
         let mut left = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if left.written {
             return Ok(false);
-        }
-        for out in outputs {
-            if std::fs::symlink_metadata(to_host(&out.path)).is_ok() {
-                return Ok(false);
-            }
         }
         for out in outputs {
             let hash = crate::exec::fingerprint::Hash::from_hex(&out.blake3).context("a cache entry with a malformed blob hash")?;

@@ -140,7 +140,17 @@
 //! (`an_archive_chosen_by_kconfig_is_locked_built_and_rebuilt_offline`
 //! compares the images), nor when an output's blob reaches the store (at
 //! once, or by the background writer for large ones: keys use the hash
-//! taken when the action ends). Still not covered: tools other
+//! taken when the action ends), nor whether an output was written into
+//! the build dir or left in the store (`exec::in_store`): a left output's
+//! hash is the one its blob is named by, read and verified when it is
+//! left, and every left output is written before any command runs
+//! (`fresh_checkout_with_a_warm_store_runs_nothing`,
+//! `a_command_after_a_build_that_left_objects_in_the_store_sees_them_all`).
+//! `KRAFT_MATERIALIZE=all` is in the no-op snapshot's key only, so
+//! switching to it writes what an earlier build left. The bash stand-in of
+//! planning sandboxes (`exec::resident::shell`) is in no key: make prints
+//! and leaves the same with it (`the_bash_stand_in_answers_as_bash`).
+//! Still not covered: tools other
 //! than the toolchain that a `Script` action runs (python, sed) are known to
 //! the plan key only by their stamps, and a header newly created earlier in
 //! the include path than the one last found is not noticed (as with ccache).
