@@ -332,9 +332,16 @@ $(info missing: [$(shell no-such-tool -x)] $(.SHELLSTATUS))
 $(info pwd: $(shell pwd) $(shell /bin/pwd) $(shell cd deep && pwd))
 $(info compound: $(shell mkdir -p "x/y" && cd "x/y" >/dev/null && pwd))
 $(info status: [$(shell sh -c 'exit 3')] $(.SHELLSTATUS))
+$(info dirname: $(shell dirname /kraft/build/deep/er) $(shell dirname rel/x) $(shell dirname /a/) $(shell dirname a b))
+$(info printf: [$(shell printf '  %-7s %s\n' 'HOSTLN'  'lib: a.h' && printf '%s|%5s' a b)] $(.SHELLSTATUS))
 all:
 	@echo recipe
 	mkdir -p from/recipe
+	printf '  %-7s %s\n' 'HOSTLN'  'lib: x' &&  ln -sf /kraft/build/deep link-new
+	printf '  %-7s %s\n' 'HOSTLN'  'lib: x' &&  ln -sf /kraft/build/two link-new
+	printf 'x\n' && ln -sf /kraft/build/deep moded
+	-printf 'x\n' && ln -sf /nowhere no-such-dir/link
+	-printf 'x\n' && no-such-tool
 	env | sort > recipe-env
 	ls -la --time-style=+ deep two moded from | sed 's/ [0-9]* root root / /'
 "#;
@@ -348,8 +355,9 @@ all:
                 .into_iter()
                 .filter_map(Result::ok)
                 .map(|e| {
-                    let mode = std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
-                    format!("{} {mode:o}", e.path().strip_prefix(w.root.as_std_path()).unwrap().display())
+                    let mode = std::os::unix::fs::PermissionsExt::mode(&e.path().symlink_metadata().unwrap().permissions());
+                    let link = std::fs::read_link(e.path()).map(|t| format!(" -> {}", t.display())).unwrap_or_default();
+                    format!("{} {mode:o}{link}", e.path().strip_prefix(w.root.as_std_path()).unwrap().display())
                 })
                 .collect();
             tree.push(std::fs::read_to_string(w.root.join("build/recipe-env")).unwrap_or_default());
@@ -358,6 +366,8 @@ all:
         })
         .collect();
     assert!(answers[0].0.contains("mkdir: [] 0"), "{}", answers[0].0);
+    assert!(answers[0].1.iter().any(|f| f.ends_with("build/link-new 120777 -> /kraft/build/deep")), "{:?}", answers[0].1);
+    assert!(answers[0].1.iter().any(|f| f.ends_with("build/deep/two 120777 -> /kraft/build/two")), "{:?}", answers[0].1);
     assert_eq!(answers[0], answers[1]);
     // In use: a script bash must run is run by the real bash, bound apart.
     let exe = |w: &World| w.run("readlink /proc/$$/exe; true").1;

@@ -9,9 +9,32 @@
 //! reserved word nor a builtin. Anything else is `None`, and bash runs it.
 //! The runner then gives the program the environment bash would have given
 //! it (`PWD`, `SHLVL`, `_`; see [`bash_env`]), so what it sees is the same.
+//! [`and_list`] is the same for commands joined by `&&`, the one operator
+//! the bash stand-in (`shell`) takes apart.
 
 /// The words of `script` if it is one plain external command.
 pub(super) fn words(script: &str) -> Option<Vec<String>> {
+    let mut list = and_list(script)?;
+    if list.len() != 1 {
+        return None;
+    }
+    let words = list.pop()?;
+    is_program(&words[0]).then_some(words)
+}
+
+/// `true` when bash would look `word`, a command's first word, up in PATH:
+/// not empty, not an assignment (`NAME=value cmd`), not a builtin or
+/// reserved word.
+pub(super) fn is_program(word: &str) -> bool {
+    !word.is_empty() && !word.contains('=') && !BASH_WORDS.contains(&word)
+}
+
+/// The words of each command of `script` if it is commands of literal
+/// words joined by `&&` (one command is a list of one). The words are as
+/// in [`words`]; whether a first word is a program is the caller's
+/// question.
+pub(super) fn and_list(script: &str) -> Option<Vec<Vec<String>>> {
+    let mut list: Vec<Vec<String>> = Vec::new();
     let mut words: Vec<String> = Vec::new();
     let mut word: Option<String> = None;
     // bash runs one command in place of itself (`exec`, which its SHLVL
@@ -20,11 +43,22 @@ pub(super) fn words(script: &str) -> Option<Vec<String>> {
     if body.contains('\n') {
         return None;
     }
-    let mut chars = body.chars();
+    let mut chars = body.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             ' ' | '\t' => {
                 words.extend(word.take());
+            }
+            '&' => {
+                // `&&` ends a command; a lone `&` sends one to the background.
+                if chars.next() != Some('&') {
+                    return None;
+                }
+                words.extend(word.take());
+                if words.is_empty() {
+                    return None;
+                }
+                list.push(std::mem::take(&mut words));
             }
             '\'' => {
                 let w = word.get_or_insert_with(String::new);
@@ -60,12 +94,12 @@ pub(super) fn words(script: &str) -> Option<Vec<String>> {
         }
     }
     words.extend(word);
-    let program = words.first()?;
-    // `NAME=value cmd` is an assignment; a builtin or keyword is not a program.
-    if program.is_empty() || program.contains('=') || BASH_WORDS.contains(&program.as_str()) {
+    if words.is_empty() {
         return None;
     }
-    Some(words)
+    list.push(words);
+    // An assignment or reserved word anywhere in the list is bash's.
+    list.iter().all(|w| !w[0].is_empty() && !w[0].contains('=') && !RESERVED.contains(&w[0].as_str())).then_some(list)
 }
 
 /// The program's path, as bash's PATH search finds it (`None`: not found,
@@ -96,6 +130,12 @@ pub(super) fn bash_env(cwd: &str, program: &std::path::Path) -> [(String, String
         ("_".into(), program.to_string_lossy().into_owned()),
     ]
 }
+
+/// bash's reserved words: a list that has one is not a list of commands.
+const RESERVED: &[&str] = &[
+    "!", "[[", "]]", "{", "}", "case", "coproc", "do", "done", "elif", "else", "esac", "fi", "for", "function", "if", "in",
+    "select", "then", "time", "until", "while",
+];
 
 /// bash's reserved words and builtins: a first word among them is not
 /// looked up in PATH.
@@ -156,6 +196,17 @@ mod tests {
             "''",
         ] {
             assert_eq!(words(script), None, "{script:?} must go to bash");
+        }
+    }
+
+    #[test]
+    fn and_lists_are_split_at_each_and() {
+        let l = |s: &str| and_list(s).unwrap_or_else(|| panic!("{s:?} was refused"));
+        assert_eq!(l("printf '  %-7s %s\\n' 'HOSTLN'  'a: b' &&  ln -sf /x /y"), [vec!["printf", "  %-7s %s\\n", "HOSTLN", "a: b"], vec!["ln", "-sf", "/x", "/y"]]);
+        assert_eq!(l("a&&b && 'c&&d'"), [vec!["a"], vec!["b"], vec!["c&&d"]]);
+        assert_eq!(l("gcc -c a.c\n"), [vec!["gcc", "-c", "a.c"]]);
+        for script in ["a &", "a & b", "&& a", "a &&", "a && && b", "a &&& b", "a || b", "a; b", "X=1 && a", "a && if b", "a && ! b", "a\nb && c"] {
+            assert_eq!(and_list(script), None, "{script:?} must go to bash");
         }
     }
 
