@@ -825,3 +825,52 @@ fn deferred_large_outputs_reach_the_store_before_their_entry() {
     let (out3, _, pending3) = cache.store_output_or_defer(Utf8Path::new("/kraft/build/x.o"), &file2, false).unwrap();
     assert!(pending3.is_none() && store.has_blob(&out3.blake3));
 }
+
+#[test]
+fn a_blob_verified_once_is_trusted_only_while_unchanged() {
+    let (_t, store) = open_store();
+    let ledger = store.root().join(kraft::store::verified::FILE);
+    let recorded = |hash: &str| fs::read_to_string(&ledger).unwrap_or_default().lines().filter(|l| l.starts_with(hash)).count();
+    let blobs: Vec<String> = (0..4).map(|i| store.insert_blob_bytes(format!("blob {i} ").repeat(1000).as_bytes()).unwrap()).collect();
+    // Just written: a ctime this recent could hide a write in the same
+    // clock tick, so nothing is recorded and every check reads the blob.
+    assert!(store.verify_blob(&blobs[0]).unwrap());
+    assert_eq!(recorded(&blobs[0]), 0);
+    std::thread::sleep(Duration::from_millis(2100));
+    for hash in &blobs {
+        assert!(store.verify_blob(hash).unwrap());
+        assert!(store.verify_blob(hash).unwrap());
+        assert_eq!(recorded(hash), 1, "verified once, recorded once");
+    }
+    let path = |hash: &str| store.blob_file(hash).unwrap().path;
+    // Written in place (same length), replaced by rename, truncated: each
+    // is read again, found corrupt and removed, also by another process's
+    // view of the same store.
+    let in_place = path(&blobs[0]);
+    let len = fs::metadata(&in_place).unwrap().len() as usize;
+    fs::set_permissions(&in_place, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::OpenOptions::new().write(true).open(&in_place).unwrap().write_all(&vec![b'x'; len]).unwrap();
+    let replaced = path(&blobs[1]);
+    let staged = replaced.with_extension("staged");
+    fs::write(&staged, b"other bytes").unwrap();
+    fs::rename(&staged, &replaced).unwrap();
+    let truncated = path(&blobs[2]);
+    fs::set_permissions(&truncated, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::OpenOptions::new().write(true).open(&truncated).unwrap().set_len(1).unwrap();
+    let other = Store::open(store.root()).unwrap();
+    for (hash, file) in [(&blobs[0], &in_place), (&blobs[1], &replaced)] {
+        assert!(!store.verify_blob(hash).unwrap(), "{file}");
+        assert!(!file.exists(), "a corrupt blob is removed");
+    }
+    assert!(!other.verify_blob(&blobs[2]).unwrap());
+    assert!(!truncated.exists());
+    // A change that leaves the bytes alone (a mode) is read again, and passes.
+    let moded = path(&blobs[3]);
+    fs::set_permissions(&moded, fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(store.verify_blob(&blobs[3]).unwrap());
+    assert!(moded.exists());
+    // `cache gc` that removes blobs starts the record again.
+    let report = kraft::cache::gc::collect_garbage(&store, &kraft::cache::gc::GcOptions { grace: Duration::ZERO, ..Default::default() }).unwrap();
+    assert!(report.removed_blobs > 0, "{report:?}");
+    assert!(!ledger.exists());
+}

@@ -283,6 +283,11 @@ pub fn collect_garbage(store: &Store, options: &GcOptions) -> anyhow::Result<GcR
         };
         remove_entry(store, &path)?;
     }
+    // The record of verified blobs only grows; it starts again after a
+    // collection that removed blobs (what it named is verified again).
+    if report.removed_blobs > 0 && !options.dry_run {
+        let _ = fs::remove_file(root.join(crate::store::verified::FILE));
+    }
     Ok(report)
 }
 

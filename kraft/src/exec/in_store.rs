@@ -19,6 +19,10 @@
 //! them too. `KRAFT_MATERIALIZE=all` writes every output as it is
 //! restored.
 //!
+//! Leaving an output checks that its blob is whole: read and hashed the
+//! first time, then trusted while its inode, size and ctime are unchanged
+//! (`store::verified`). Writing it later hashes it again.
+//!
 //! Only compiles and partial links stay in the store: what they write is
 //! read by later actions alone. The image, its `.dbg` and whatever scripts
 //! write (generated headers, which a compile reads without naming them)

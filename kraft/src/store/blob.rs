@@ -308,7 +308,8 @@ impl Store {
     }
 
     /// Whether blob `hash` is in the store and its bytes hash to its name,
-    /// read without being written anywhere. A corrupt blob is removed, as
+    /// read without being written anywhere (or found unchanged since it
+    /// last was: see [`super::verified`]). A corrupt blob is removed, as
     /// [`Store::restore_blob`] removes it.
     pub fn verify_blob(&self, hash: &str) -> anyhow::Result<bool> {
         let Some(blob) = self.blob_file(hash) else { return Ok(false) };
@@ -317,6 +318,12 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e).with_context(|| format!("opening {}", blob.path)),
         };
+        // The identity of what is read, taken before reading it: a change
+        // while it is read changes the ctime after this.
+        let meta = file.metadata().with_context(|| format!("reading the metadata of {}", blob.path))?;
+        if self.verified.trusts(hash, &meta) {
+            return Ok(true);
+        }
         let mut hasher = blake3::Hasher::new();
         let read = match blob.encoding {
             BlobEncoding::Raw => hasher.update_reader(file).map(|_| ()),
@@ -333,7 +340,9 @@ impl Store {
             Err(e) if matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof) => false,
             Err(e) => return Err(e).with_context(|| format!("reading {}", blob.path)),
         };
-        if !good {
+        if good {
+            self.verified.record(hash, &meta);
+        } else {
             let _ = fs::remove_file(&blob.path);
         }
         Ok(good)

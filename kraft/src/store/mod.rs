@@ -7,6 +7,7 @@
 //!   blobs/<aa>/<blake3-hex>          build outputs (single files), read-only
 //!   tmp/                             staging, same file system as the above
 //!   locks/                           lock files (never deleted)
+//!   verified-blobs                   blobs verified once: inode, size, ctime of each
 //! ```
 //!
 //! The root is `$KRAFT_STORE`, else `$XDG_CACHE_HOME/kraft-xtask`, else
@@ -25,7 +26,8 @@
 //!
 //! One concept per file: [`lock`] (cross-process locks), [`tree`] (source
 //! trees and their hash), [`origin`] (origin archives by sha256), [`blob`]
-//! (build outputs, zstd-compressed, and restoring them), [`verify`]
+//! (build outputs, zstd-compressed, and restoring them), [`verified`]
+//! (blobs verified once and unchanged since), [`verify`]
 //! (rehashing everything), [`entry`] (listing and removing entries, shared
 //! checks); [`nar`] and [`archive`] serialize and unpack.
 
@@ -36,6 +38,7 @@ pub mod lock;
 pub mod nar;
 pub mod origin;
 pub mod tree;
+pub mod verified;
 pub mod verify;
 
 use std::fs;
@@ -54,6 +57,8 @@ pub use verify::{EntryKind, VerifyProblem, VerifyReport};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: Utf8PathBuf,
+    /// Blobs verified before and unchanged since (see [`verified`]).
+    verified: std::sync::Arc<verified::Ledger>,
 }
 
 impl Store {
@@ -67,7 +72,8 @@ impl Store {
                 .map_err(|p| anyhow::anyhow!("current directory {} is not UTF-8", p.display()))?;
             root = cwd.join(root);
         }
-        let store = Store { root };
+        let verified = std::sync::Arc::new(verified::Ledger::new(&root));
+        let store = Store { root, verified };
         for dir in ["trees", "archives", "blobs", "tmp", "locks"] {
             let path = store.root.join(dir);
             fs::create_dir_all(&path).map_err(|e| {

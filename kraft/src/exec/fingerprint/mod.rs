@@ -143,7 +143,9 @@
 //! taken when the action ends), nor whether an output was written into
 //! the build dir or left in the store (`exec::in_store`): a left output's
 //! hash is the one its blob is named by, read and verified when it is
-//! left, and every left output is written before any command runs
+//! left (or found unchanged since it last was: `store::verified`; a blob
+//! written into the build dir is hashed as it is written all the same),
+//! and every left output is written before any command runs
 //! (`fresh_checkout_with_a_warm_store_runs_nothing`,
 //! `a_command_after_a_build_that_left_objects_in_the_store_sees_them_all`).
 //! `KRAFT_MATERIALIZE=all` is in the no-op snapshot's key only, so
