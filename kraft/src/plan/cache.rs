@@ -143,8 +143,8 @@ pub(crate) fn store_cached_with(entry: &Utf8Path, graph: &Graph, warnings: &[Str
 /// now: its old contents are renamed aside (`<dir>.set-aside`) and removed
 /// when the command is done ([`crate::util::fs::remove_deferred`]).
 /// This file system is ext4 without a journal, where creating a file
-/// within 30 s of deleting others skips every recently deleted inode of
-/// its group: make is about to create ~6,000 files, just where the old
+/// within 60 s of deleting others (360 s while the inode table is not yet
+/// written back) skips every recently deleted inode of its group: make is about to create ~6,000 files, just where the old
 /// plan's ~6,000 were.
 ///
 /// A sandbox started before this still sees the old directory (its bind
