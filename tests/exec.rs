@@ -375,3 +375,26 @@ fn unsandboxed_backend_works_and_shares_keys_across_checkouts() {
     let (r, _) = second.build();
     assert_eq!((r.run, r.restored), (0, 6));
 }
+
+#[test]
+fn a_fresh_build_dir_takes_the_toolchain_probe_from_the_store_while_its_stamps_hold() {
+    let first = Fixture::new();
+    first.build();
+    let probes: Vec<_> = std::fs::read_dir(first.store.root().join("probes")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    // Mark the probe's output kept in the store: a build that takes it
+    // from there carries the mark into the memo beside its own state.
+    let mut memo: serde_json::Value = serde_json::from_slice(&std::fs::read(&probes[0]).unwrap()).unwrap();
+    memo["output"] = format!("{}text\tmarked in the store\n", memo["output"].as_str().unwrap()).into();
+    std::fs::write(&probes[0], memo.to_string()).unwrap();
+    let beside = |fx: &Fixture| std::fs::read_to_string(fx.state.with_file_name("state.json.toolchain")).unwrap();
+    let second = Fixture::sharing(&first);
+    second.build();
+    assert!(beside(&second).contains("marked in the store"), "{}", beside(&second));
+    // A kept probe whose programs' stamps moved is not used: the build probes.
+    memo["stamps"][0] = "/usr/bin/gcc moved".into();
+    std::fs::write(&probes[0], memo.to_string()).unwrap();
+    let third = Fixture::sharing(&first);
+    third.build();
+    assert!(!beside(&third).contains("marked in the store"), "{}", beside(&third));
+}

@@ -23,17 +23,30 @@ use crate::plan::graph::{ActionId, Graph};
 /// Actions in flight per job when most wait on a team cache.
 const IN_FLIGHT_PER_JOB: usize = 4;
 
-/// Identify the toolchain (once per build), through the stat cache.
-fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, memo: &Utf8Path) -> Toolchain {
+/// Identify the toolchain (once per build), through the stat cache. The
+/// probe's output is memoized beside the state and, for a fresh output
+/// dir, in the store (`probes/<blake3 of the script>.json`); each memo is
+/// checked the same way (see `probe_memo`).
+fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, memos: [&Utf8Path; 2]) -> Toolchain {
     let script = Toolchain::probe_script(spec);
-    let text = match probe_memo::load(memo, spec, &script) {
-        Some(text) => text,
+    let found = memos.iter().enumerate().find_map(|(i, memo)| probe_memo::load(memo, spec, &script).map(|text| (i, text)));
+    let text = match found {
+        Some((at, text)) => {
+            for memo in &memos[..at] {
+                probe_memo::save(memo, spec, &script, &text);
+            }
+            text
+        }
         None => {
             let text = match runner.run(&script, cwd) {
                 Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
                 Err(e) => format!("text\tprobe failed: {e}"),
             };
-            probe_memo::save(memo, spec, &script, &text);
+            // A failed probe is memoized beside the state only.
+            let keep = if text.starts_with("text\tprobe failed") { &memos[..1] } else { &memos[..] };
+            for memo in keep {
+                probe_memo::save(memo, spec, &script, &text);
+            }
             text
         }
     };
@@ -70,7 +83,9 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let toolchain = match graph.actions.first() {
         Some(first) => {
             let memo = ctx.state_path.with_file_name(format!("{}.toolchain", ctx.state_path.file_name().unwrap_or("state")));
-            probe_toolchain(ctx.runner, &spec, &first.cwd, &stats, &memo)
+            let script = Toolchain::probe_script(&spec);
+            let shared = ctx.store.root().join("probes").join(format!("{}.json", blake3::hash(script.as_bytes()).to_hex()));
+            probe_toolchain(ctx.runner, &spec, &first.cwd, &stats, [&memo, &shared])
         }
         None => Toolchain::from_components(Default::default()),
     };
