@@ -8,6 +8,7 @@
 //!   tmp/                             staging, same file system as the above
 //!   locks/                           lock files (never deleted)
 //!   verified-blobs                   blobs verified once: inode, size, ctime of each
+//!   probes/<blake3>.json             toolchain probe outputs (`exec::fingerprint::toolchain`)
 //! ```
 //!
 //! The root is `$KRAFT_STORE`, else `$XDG_CACHE_HOME/kraft-xtask`, else
