@@ -4,7 +4,7 @@
 //! | scenario          | measure                  | goal     | floor when not met |
 //! |-------------------|--------------------------|----------|--------------------|
 //! | `musl/cold`       | ratio                    | ≤ 1.0    | plan + action work over the jobs |
-//! | `musl/warm-fresh` | ratio                    | ≤ 0.013 (the "keep") | — |
+//! | `musl/warm-fresh` | ratio                    | ≤ 0.013 (the "keep") | reading and hashing every file of the fresh tree, timed in the run |
 //! | `uk/cold`         | ratio                    | ≤ 0.85   | plan + action work over the jobs: what is left while make plans serially |
 //! | `uk/cold`         | the tool's peak RSS      | ≤ 150 MB | — |
 //! | `uk/cold`         | store size after it      | ≤ 200 MB | — |
@@ -95,11 +95,12 @@ pub fn check(results: &[ScenarioResult], jobs: usize) -> Vec<Checked> {
         let met = value <= goal.at_most;
         let (mut held_by, mut floor) = (None, None);
         if !met && matches!(goal.measure, Measure::Ratio | Measure::Seconds) {
-            held_by = holding_phase(&phases, jobs);
+            held_by = holding_phase(&phases, jobs, run.wall_s);
             if let Measure::Ratio = goal.measure {
                 let floor_s = match goal.scenario {
                     "uk/printk-flip" | "uk/second-app" => extra("floor_s"),
                     "uk/warm-fresh" | "uk/remote-warm" => extra("copy_floor_s"),
+                    "musl/warm-fresh" => extra("tree_hash_floor_s"),
                     "uk/edit-main" => Some(phases.busy.link_s),
                     "uk/cold" | "musl/cold" => Some(phases.plan_s + (phases.busy.compile_s + phases.busy.link_s + phases.busy.script_s) / jobs),
                     _ => None,
@@ -128,12 +129,14 @@ fn median_run(r: &ScenarioResult) -> Option<&RunUse> {
 }
 
 /// The phase with the most wall time: planning as timed, the executor's
-/// phases as busy time over the jobs.
-fn holding_phase(p: &Phases, jobs: f64) -> Option<String> {
+/// phases as busy time over the jobs, and what the run's wall time
+/// (`wall_s`) has beyond them all (starting, loading the state and the
+/// plan, checking stamps, saving).
+fn holding_phase(p: &Phases, jobs: f64, wall_s: f64) -> Option<String> {
     let b = &p.busy;
     let makes: Vec<String> = p.make_s.iter().map(|(what, s)| format!("{what} {s:.1}")).collect();
     let plan = if makes.is_empty() { "plan".to_string() } else { format!("plan [{}]", makes.join(", ")) };
-    let candidates = [
+    let mut candidates = vec![
         (plan, p.plan_s),
         ("compile".to_string(), b.compile_s / jobs),
         ("link".to_string(), b.link_s / jobs),
@@ -143,6 +146,8 @@ fn holding_phase(p: &Phases, jobs: f64) -> Option<String> {
         ("scripts".to_string(), b.script_s / jobs),
         ("keys".to_string(), b.keys_s / jobs),
     ];
+    let accounted: f64 = candidates.iter().map(|c| c.1).sum();
+    candidates.push(("outside the phases (start, state, stamps)".to_string(), (wall_s - accounted).max(0.0)));
     let (name, seconds) = candidates.into_iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
     (seconds > 0.0).then(|| format!("{name}: {seconds:.2}s"))
 }
