@@ -263,12 +263,12 @@ fn symlink_args(args: &[String]) -> Option<(String, String)> {
     }
 }
 
-/// `mkdir -p DIR…` made here. `false` when it is not exactly that, or a
-/// directory could not be made: then `mkdir` itself runs, makes what is
-/// left and reports what failed, as it would have.
-fn make_dirs(args: &[String]) -> bool {
-    let Some((flag, dirs)) = args.split_first() else { return false };
-    if flag != "-p" || dirs.is_empty() || dirs.iter().any(|d| d.is_empty() || d.starts_with('-')) {
+/// `mkdir -p DIR…` made here (`dirs`: the words after `-p`). `false` when
+/// a word is not a plain directory, or a directory could not be made: then
+/// `mkdir` itself runs, makes what is left and reports what failed, as it
+/// would have.
+fn make_dirs(dirs: &[String]) -> bool {
+    if dirs.is_empty() || dirs.iter().any(|d| d.is_empty() || d.starts_with('-')) {
         return false;
     }
     // mkdir -p gives the parents it makes u+wx whatever the umask; ours
@@ -361,6 +361,11 @@ mod tests {
         assert_eq!(steps[1], Step::Symlink { target: "/kraft/x/a.h".into(), link: link.clone() });
         assert_eq!(steps_of(&format!("dirname {link}"), path).unwrap(), [Step::Print(format!("{}\n", dir.path().display()).into_bytes())]);
         assert_eq!(steps_of("mkdir -p a b", path).unwrap(), [Step::MakeDirs(strings(&["a", "b"]))]);
+        // What `Step::MakeDirs` holds is what `make_dirs` makes, here.
+        let deep = format!("{}/x/y", dir.path().display());
+        assert!(make_dirs(&strings(&[&deep, &link.replace("a.h", "z")])));
+        assert!(std::path::Path::new(&deep).is_dir() && dir.path().join("z").is_dir());
+        assert!(!make_dirs(&strings(&["-m", "700"])) && !make_dirs(&[]));
         assert!(matches!(steps_of("printf x && gcc -c a.c", path).unwrap()[1], Step::Exec(_)));
         // A link that exists, a program before the last, a builtin, an
         // emulated tool found elsewhere on PATH: bash's.
