@@ -19,6 +19,7 @@ use crate::exec::fingerprint::{env_hash, DirtyReason, Toolchain, ToolchainSpec};
 use crate::exec::state::{ActionRecord, BuildState, LastBuild, LogEntry, Outcome, StatCache};
 use crate::exec::{ActionFailed, BuildReport, Event, ExecContext, Runner, UnitReport};
 use crate::plan::graph::{ActionId, Graph};
+use crate::store::Store;
 
 /// Actions in flight per job when most wait on a team cache.
 const IN_FLIGHT_PER_JOB: usize = 4;
@@ -27,8 +28,10 @@ const IN_FLIGHT_PER_JOB: usize = 4;
 /// probe's output is memoized beside the state and, for a fresh output
 /// dir, in the store (`probes/<blake3 of the script>.json`); each memo is
 /// checked the same way (see `probe_memo`).
-fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, memos: [&Utf8Path; 2]) -> Toolchain {
+fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, stats: &StatCache, state_memo: &Utf8Path, store: &Store) -> Toolchain {
     let script = Toolchain::probe_script(spec);
+    let shared = store.root().join("probes").join(format!("{}.json", blake3::hash(script.as_bytes()).to_hex()));
+    let memos = [state_memo, shared.as_path()];
     let found = memos.iter().enumerate().find_map(|(i, memo)| probe_memo::load(memo, spec, &script).map(|text| (i, text)));
     let text = match found {
         Some((at, text)) => {
@@ -38,12 +41,12 @@ fn probe_toolchain(runner: &dyn Runner, spec: &ToolchainSpec, cwd: &Utf8Path, st
             text
         }
         None => {
-            let text = match runner.run(&script, cwd) {
-                Ok(out) => format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-                Err(e) => format!("text\tprobe failed: {e}"),
+            let (text, ran) = match runner.run(&script, cwd) {
+                Ok(out) => (format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)), true),
+                Err(e) => (format!("text\tprobe failed: {e}"), false),
             };
-            // A failed probe is memoized beside the state only.
-            let keep = if text.starts_with("text\tprobe failed") { &memos[..1] } else { &memos[..] };
+            // A probe that could not run is memoized beside the state only.
+            let keep = if ran { &memos[..] } else { &memos[..1] };
             for memo in keep {
                 probe_memo::save(memo, spec, &script, &text);
             }
@@ -83,9 +86,7 @@ pub fn execute(graph: &Graph, ctx: &ExecContext<'_>) -> anyhow::Result<BuildRepo
     let toolchain = match graph.actions.first() {
         Some(first) => {
             let memo = ctx.state_path.with_file_name(format!("{}.toolchain", ctx.state_path.file_name().unwrap_or("state")));
-            let script = Toolchain::probe_script(&spec);
-            let shared = ctx.store.root().join("probes").join(format!("{}.json", blake3::hash(script.as_bytes()).to_hex()));
-            probe_toolchain(ctx.runner, &spec, &first.cwd, &stats, [&memo, &shared])
+            probe_toolchain(ctx.runner, &spec, &first.cwd, &stats, &memo, ctx.store)
         }
         None => Toolchain::from_components(Default::default()),
     };

@@ -108,6 +108,17 @@ pub fn frame_blake3(frame: &[u8], max: u64) -> io::Result<(blake3::Hash, u64)> {
     Ok((hasher.finalize(), size))
 }
 
+/// blake3 of what a stored blob holds, read from `file` (streaming: blobs
+/// can be large; a compressed one is decoded on the way).
+pub(super) fn hash_stored(file: fs::File, encoding: BlobEncoding) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    match encoding {
+        BlobEncoding::Raw => hasher.update_reader(file)?,
+        BlobEncoding::Zstd => io::copy(&mut zstd::stream::read::Decoder::new(file)?, &mut hasher).map(|_| &mut hasher)?,
+    };
+    Ok(hasher.finalize())
+}
+
 /// Whether compressing `raw` bytes into `compressed` is worth keeping.
 fn worth_it(raw: u64, compressed: u64) -> bool {
     compressed.saturating_mul(8) <= raw.saturating_mul(7)
@@ -324,18 +335,8 @@ impl Store {
         if self.verified.trusts(hash, &meta) {
             return Ok(true);
         }
-        let mut hasher = blake3::Hasher::new();
-        let read = match blob.encoding {
-            BlobEncoding::Raw => hasher.update_reader(file).map(|_| ()),
-            BlobEncoding::Zstd => zstd::stream::read::Decoder::new(file).and_then(|mut decoder| {
-                copy_hashing(&mut decoder, &mut io::sink(), |b| {
-                    hasher.update(b);
-                })
-                .map(|_| ())
-            }),
-        };
-        let good = match read {
-            Ok(()) => hasher.finalize().to_hex().as_str() == hash,
+        let good = match hash_stored(file, blob.encoding) {
+            Ok(hashed) => hashed.to_hex().as_str() == hash,
             // A frame that does not decode is corruption, like a wrong hash.
             Err(e) if matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof) => false,
             Err(e) => return Err(e).with_context(|| format!("reading {}", blob.path)),

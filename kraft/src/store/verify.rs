@@ -169,7 +169,8 @@ impl Store {
                 Ok(m) if m.is_file() => {}
                 _ => return Some(problem(None, "not a regular file".into())),
             }
-            let hashed = if zstd { blake3_of_frame(path) } else { crate::util::hash::blake3_file(path).map(|(h, _)| h) };
+            let encoding = if zstd { super::BlobEncoding::Zstd } else { super::BlobEncoding::Raw };
+            let hashed = fs::File::open(path).and_then(|f| super::blob::hash_stored(f, encoding)).with_context(|| format!("reading {path}"));
             match hashed.map(|h| h.to_hex().to_string()) {
                 Ok(h) if h == name => None,
                 Ok(h) => Some(problem(Some(h), "blob content does not match its hash".into())),
@@ -203,13 +204,4 @@ impl Store {
         Ok(report)
     }
 
-}
-
-/// blake3 of what a compressed blob decodes to (streaming: blobs can be large).
-fn blake3_of_frame(path: &Utf8PathBuf) -> anyhow::Result<blake3::Hash> {
-    let file = fs::File::open(path).with_context(|| format!("opening {path}"))?;
-    let mut decoder = zstd::stream::read::Decoder::new(file).with_context(|| format!("decompressing {path}"))?;
-    let mut hasher = blake3::Hasher::new();
-    std::io::copy(&mut decoder, &mut hasher).with_context(|| format!("decompressing {path}"))?;
-    Ok(hasher.finalize())
 }

@@ -73,8 +73,10 @@
 //! 4. Host headers (`/usr/include`, gcc's own `include/`) for `linuxu` and
 //!    any host include, and host libraries on a link line: hashed through
 //!    the stat cache, so a no-op reads none of them.
-//! 5. One [`Toolchain`] id: the probe (run in the sandbox, remembered while
-//!    [`toolchain::resolve`]'s stat-only view is unchanged) reports how
+//! 5. One [`Toolchain`] id: the probe (run in the sandbox, remembered
+//!    beside the state and in the store's `probes/` while
+//!    [`toolchain::resolve`]'s stat-only view and the stamps of the
+//!    programs it named are unchanged) reports how
 //!    each name resolved (every hop) and which programs the driver runs;
 //!    their bytes are hashed through the stat cache.
 //! 6. The plan key does not read programs (a no-op must not hash a 30 MB
